@@ -1,0 +1,49 @@
+# Two commands set up everything on a fresh machine:
+#   make demo   build the sample catalog's artifact (first time only) and serve it on 127.0.0.1:8000
+#   make test   run the test suite
+# Both create .venv and install from the lock file (constraints.txt) with the CPU torch pin.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The CPU build of torch; an unpinned `torch` pulls a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= serve,train,dev
+STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+comma  := ,
+
+DEMO_DATA      ?= var/sample
+DEMO_ARTIFACTS ?= var/artifacts
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install demo test lint bench-search clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[$(EXTRAS)]'
+	@touch $@
+
+install: $(STAMP)
+
+$(DEMO_DATA)/catalog.jsonl: | $(STAMP)
+	$(BIN)/service sample-catalog --out $(DEMO_DATA)
+
+$(DEMO_ARTIFACTS)/current: $(DEMO_DATA)/catalog.jsonl
+	$(BIN)/service build-index --catalog $(DEMO_DATA)/catalog.jsonl \
+		--interactions $(DEMO_DATA)/interactions.jsonl \
+		--judgments $(DEMO_DATA)/judgments.jsonl \
+		--artifacts $(DEMO_ARTIFACTS)
+
+demo: $(STAMP) $(DEMO_ARTIFACTS)/current
+	SERVICE_IMAGE_ROOT=$(DEMO_DATA) $(BIN)/service serve --artifacts $(DEMO_ARTIFACTS) --host $(HOST) --port $(PORT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check model index service tests bench
+
+clean:
+	rm -rf $(VENV) var .pytest_cache
