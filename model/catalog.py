@@ -1,0 +1,454 @@
+"""Catalog loading and validation: `.jsonl`, `.csv` and `.parquet` in, `Listing`s and a report out.
+
+Every input row ends up either loaded or rejected with a reason (`file:line: field: reason`). By
+default the first bad row stops the load (`CatalogError`); with `skip_bad_rows=True` bad rows are
+skipped and counted. A missing, remote or out-of-bounds image never rejects a listing: that view is
+dropped and counted in the report.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import unicodedata
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+FIELDS = ("id", "title", "description", "tags", "attributes", "category", "price", "images")
+# Limits that keep one absurd row from costing the whole build (a row over them is rejected).
+MAX_ID_CHARS = 256
+MAX_TITLE_CHARS = 1_000
+MAX_DESCRIPTION_CHARS = 20_000
+MAX_TAGS = 100
+MAX_ATTRIBUTES = 100
+MAX_IMAGES = 20
+MAX_SHORT_FIELD_CHARS = 256  # a tag, category, attribute key or value
+SUPPORTED_SUFFIXES = (".jsonl", ".csv", ".parquet")
+
+
+class CatalogError(ValueError):
+    """A bad row or file: `str(err)` is `file:line: field: reason`."""
+
+    def __init__(self, file: str, line: int | None, field: str, reason: str):
+        self.file, self.line, self.field, self.reason = file, line, field, reason
+        where = f"{file}:{line}" if line is not None else file
+        super().__init__(f"{where}: {field}: {reason}")
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One validated catalog row. `images` are resolved absolute paths of the usable photos,
+    `image_slots` their positions in the row's `images` list (slot 0 is the primary photo)."""
+
+    id: str
+    title: str
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    category: str = ""
+    price: float | None = None
+    images: tuple[str, ...] = ()
+    image_slots: tuple[int, ...] = ()
+    raw_images: tuple[str, ...] = ()  # the row's own image references, for responses
+    line: int = 0
+
+    @property
+    def primary_image(self) -> str | None:
+        """The primary photo's path, or None when images[0] was missing or dropped."""
+        if self.image_slots and self.image_slots[0] == 0:
+            return self.images[0]
+        return None
+
+    @property
+    def other_images(self) -> tuple[str, ...]:
+        return tuple(p for p, s in zip(self.images, self.image_slots, strict=True) if s != 0)
+
+
+@dataclass(frozen=True)
+class RejectedRow:
+    line: int
+    field: str
+    reason: str
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class DroppedImage:
+    listing_id: str
+    line: int
+    image: str
+    reason: str
+
+
+@dataclass
+class LoadReport:
+    """What happened to every row: `n_rows == n_loaded + len(rejected)` always holds."""
+
+    file: str
+    n_rows: int = 0
+    n_loaded: int = 0
+    rejected: list[RejectedRow] = field(default_factory=list)
+    dropped_images: list[DroppedImage] = field(default_factory=list)
+    sha256: str = ""
+
+    def to_dict(self, max_examples: int = 50) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "sha256": self.sha256,
+            "rows": self.n_rows,
+            "loaded": self.n_loaded,
+            "rejected": len(self.rejected),
+            "rejected_by_reason": dict(Counter(f"{r.field}: {r.reason}" for r in self.rejected)),
+            "rejected_examples": [
+                f"{self.file}:{r.line}: {r.field}: {r.reason}" for r in self.rejected[:max_examples]
+            ],
+            "dropped_images": len(self.dropped_images),
+            "dropped_images_by_reason": dict(Counter(d.reason for d in self.dropped_images)),
+            "dropped_image_examples": [
+                f"{self.file}:{d.line}: images: {d.image}: {d.reason}"
+                for d in self.dropped_images[:max_examples]
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class Catalog:
+    listings: list[Listing]
+    report: LoadReport
+
+    def __len__(self) -> int:
+        return len(self.listings)
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def parse_column_map(spec: str | Mapping[str, str] | None) -> dict[str, str]:
+    """`"title=name,id=sku"` (contract field = source column) -> {"name": "title", "sku": "id"}.
+
+    Real catalogs never match the contract exactly; this renames source columns on read."""
+    if not spec:
+        return {}
+    pairs = spec.items() if isinstance(spec, Mapping) else (
+        part.split("=", 1) if "=" in part else (part, "") for part in spec.split(",") if part.strip()
+    )
+    out: dict[str, str] = {}
+    for target, source in pairs:
+        target, source = str(target).strip(), str(source).strip()
+        if target not in FIELDS:
+            raise ValueError(f"column map: {target!r} is not a catalog field ({', '.join(FIELDS)})")
+        if not source:
+            raise ValueError(f"column map: {target!r} needs a source column, as in {target}=column")
+        out[source] = target
+    return out
+
+
+# --------------------------------------------------------------------------- readers: (line, row)
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | CatalogError]]:
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield lineno, CatalogError(str(path), lineno, "row", f"not valid UTF-8 ({e.reason} at byte {e.start})")
+                continue
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as e:
+                yield lineno, CatalogError(str(path), lineno, "row", f"not valid JSON ({e.msg})")
+                continue
+            if not isinstance(row, dict):
+                yield lineno, CatalogError(str(path), lineno, "row", f"expected a JSON object, got {type(row).__name__}")
+                continue
+            yield lineno, row
+
+
+def _split_pipe(value: str) -> list[str]:
+    return [part.strip() for part in value.split("|") if part.strip()]
+
+
+def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any] | CatalogError]]:
+    try:
+        f = open(path, encoding="utf-8", newline="")  # noqa: SIM115 (closed below)
+        header = f.readline()
+    except UnicodeDecodeError as e:
+        yield 1, CatalogError(str(path), 1, "row", f"not valid UTF-8 ({e.reason})")
+        return
+    with f:
+        f.seek(0)
+        reader = csv.DictReader(f)
+        line = 1 if header else 0
+        while True:
+            try:
+                raw = next(reader)
+            except StopIteration:
+                return
+            except UnicodeDecodeError as e:
+                yield reader.line_num + 1, CatalogError(str(path), reader.line_num + 1, "row", f"not valid UTF-8 ({e.reason})")
+                return
+            except csv.Error as e:
+                yield reader.line_num, CatalogError(str(path), reader.line_num, "row", f"malformed CSV ({e})")
+                return
+            start, line = line + 1, reader.line_num
+            if None in raw:
+                yield start, CatalogError(str(path), start, "row", "more fields than the header has columns")
+                continue
+            row: dict[str, Any] = {}
+            for key, value in raw.items():
+                if value is None or value == "":
+                    continue
+                row[key] = value
+            yield start, row
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any] | CatalogError]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as e:  # pragma: no cover - pyarrow is in the train extra
+        raise CatalogError(str(path), None, "file", "reading .parquet needs pyarrow (pip install '.[train]')") from e
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a bad file
+        raise CatalogError(str(path), None, "file", f"not a readable parquet file ({e})") from e
+    rowno = 0
+    for batch in pf.iter_batches(batch_size=4096):
+        for row in batch.to_pylist():
+            rowno += 1
+            yield rowno, {k: v for k, v in row.items() if v is not None}
+
+
+# --------------------------------------------------------------------------- field validation
+
+
+def _clean_text(value: str) -> str:
+    """Drop control characters (keep newlines and tabs as spaces) and normalise to NFC."""
+    value = unicodedata.normalize("NFC", value)
+    return "".join(" " if ch in "\n\r\t" else ch for ch in value if ch in "\n\r\t" or unicodedata.category(ch) != "Cc").strip()
+
+
+def _as_str(value: Any, fld: str, max_chars: int, *, required: bool = False, allow_int: bool = False) -> str:
+    if value is None:
+        if required:
+            raise _FieldError(fld, "is missing")
+        return ""
+    if isinstance(value, bool) or not isinstance(value, str | int) or (isinstance(value, int) and not allow_int):
+        raise _FieldError(fld, f"expected a string, got {type(value).__name__}")
+    text = _clean_text(str(value))
+    if required and not text:
+        raise _FieldError(fld, "is empty")
+    if len(text) > max_chars:
+        raise _FieldError(fld, f"is {len(text)} characters long (limit {max_chars})")
+    return text
+
+
+class _FieldError(Exception):
+    def __init__(self, fld: str, reason: str):
+        self.field, self.reason = fld, reason
+        super().__init__(f"{fld}: {reason}")
+
+
+def _as_list(value: Any, fld: str, limit: int, *, csv_row: bool) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        if not csv_row:
+            raise _FieldError(fld, "expected a list of strings, got a string")
+        value = _split_pipe(value)
+    if not isinstance(value, list | tuple):
+        raise _FieldError(fld, f"expected a list of strings, got {type(value).__name__}")
+    if len(value) > limit:
+        raise _FieldError(fld, f"has {len(value)} entries (limit {limit})")
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise _FieldError(f"{fld}[{i}]", f"expected a string, got {type(item).__name__}")
+        text = _clean_text(item)
+        if len(text) > (MAX_SHORT_FIELD_CHARS if fld == "tags" else 4096):
+            raise _FieldError(f"{fld}[{i}]", f"is {len(text)} characters long")
+        if text:
+            out.append(text)
+    return out
+
+
+def _as_attributes(value: Any, *, csv_row: bool) -> dict[str, str]:
+    if value is None:
+        return {}
+    if isinstance(value, str) and csv_row:
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise _FieldError("attributes", f"not a JSON object string ({e.msg})") from None
+    if isinstance(value, list | tuple) and all(isinstance(p, list | tuple | dict) for p in value):
+        # parquet map<string,string> arrives as [(key, value), ...] or [{"key":..,"value":..}]
+        value = dict((p["key"], p["value"]) if isinstance(p, dict) else tuple(p) for p in value)
+    if not isinstance(value, dict):
+        raise _FieldError("attributes", f"expected an object of strings, got {type(value).__name__}")
+    if len(value) > MAX_ATTRIBUTES:
+        raise _FieldError("attributes", f"has {len(value)} keys (limit {MAX_ATTRIBUTES})")
+    out: dict[str, str] = {}
+    for key, val in value.items():
+        if isinstance(val, bool) or not isinstance(val, str | int | float):
+            raise _FieldError(f"attributes.{key}", f"expected a string or number, got {type(val).__name__}")
+        k, v = _clean_text(str(key)), _clean_text(str(val))
+        if len(k) > MAX_SHORT_FIELD_CHARS or len(v) > MAX_SHORT_FIELD_CHARS:
+            raise _FieldError(f"attributes.{key}", f"longer than {MAX_SHORT_FIELD_CHARS} characters")
+        if k and v:
+            out[k] = v
+    return out
+
+
+def _as_price(value: Any, *, csv_row: bool) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and csv_row:
+        try:
+            value = float(value)
+        except ValueError:
+            raise _FieldError("price", f"not a number: {value[:40]!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _FieldError("price", f"expected a number, got {type(value).__name__}")
+    price = float(value)
+    if not math.isfinite(price) or price < 0:
+        raise _FieldError("price", f"must be a finite number >= 0, got {value!r}")
+    return price
+
+
+# --------------------------------------------------------------------------- images
+
+
+class ImageResolver:
+    """Turns a row's image references into paths inside the allowed roots, or a drop reason."""
+
+    def __init__(self, catalog_path: Path, images_root: str | Path | Sequence[str | Path] | None = None):
+        roots: list[str | Path] = [catalog_path.parent]
+        if images_root:
+            roots += [images_root] if isinstance(images_root, str | Path) else list(images_root)
+        self.base = catalog_path.parent.resolve()
+        self.roots = [Path(r).resolve() for r in roots]
+
+    def resolve(self, ref: str) -> tuple[str | None, str]:
+        """-> (absolute path, "") or (None, reason)."""
+        if "\x00" in ref:
+            return None, "path contains a NUL byte"
+        parsed = urlparse(ref)
+        if parsed.scheme in ("http", "https", "ftp", "s3", "gs"):
+            return None, "remote image; nothing is downloaded at build time"
+        if parsed.scheme == "file":
+            ref = unquote(parsed.path)
+        elif parsed.scheme and len(parsed.scheme) > 1:
+            return None, f"unsupported URL scheme {parsed.scheme!r}"
+        candidate = Path(ref)
+        if not candidate.is_absolute():
+            candidate = self.base / candidate
+        try:
+            real = candidate.resolve()
+        except (OSError, RuntimeError) as e:
+            return None, f"cannot resolve path ({e})"
+        if not any(real == root or root in real.parents for root in self.roots):
+            return None, "outside the allowed image roots"
+        if not real.is_file():
+            return None, "missing file"
+        if not os.access(real, os.R_OK):
+            return None, "unreadable file"
+        return str(real), ""
+
+
+# --------------------------------------------------------------------------- the loader
+
+
+def _validate_row(row: dict[str, Any], *, csv_row: bool) -> dict[str, Any]:
+    return {
+        # integer ids are accepted (CSV and parquet readers infer them) and kept as strings
+        "id": _as_str(row.get("id"), "id", MAX_ID_CHARS, required=True, allow_int=True),
+        "title": _as_str(row.get("title"), "title", MAX_TITLE_CHARS, required=True),
+        "description": _as_str(row.get("description"), "description", MAX_DESCRIPTION_CHARS),
+        "tags": tuple(_as_list(row.get("tags"), "tags", MAX_TAGS, csv_row=csv_row)),
+        "attributes": _as_attributes(row.get("attributes"), csv_row=csv_row),
+        "category": _as_str(row.get("category"), "category", MAX_SHORT_FIELD_CHARS),
+        "price": _as_price(row.get("price"), csv_row=csv_row),
+        "images": tuple(_as_list(row.get("images"), "images", MAX_IMAGES, csv_row=csv_row)),
+    }
+
+
+def iter_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | CatalogError]]:
+    """Raw rows of a catalog file as (line or row number, dict), or a CatalogError for that line."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise CatalogError(str(p), None, "file", f"unsupported format {suffix!r} (use {', '.join(SUPPORTED_SUFFIXES)})")
+    if not p.is_file():
+        raise CatalogError(str(p), None, "file", "no such file")
+    reader = {".jsonl": _read_jsonl, ".csv": _read_csv, ".parquet": _read_parquet}[suffix]
+    yield from reader(p)
+
+
+def load_catalog(
+    path: str | Path,
+    *,
+    skip_bad_rows: bool = False,
+    images_root: str | Path | Sequence[str | Path] | None = None,
+    column_map: str | Mapping[str, str] | None = None,
+) -> Catalog:
+    """Load and validate a catalog. Raises CatalogError on the first bad row unless skip_bad_rows."""
+    p = Path(path)
+    report = LoadReport(file=str(p))
+    renames = parse_column_map(column_map)
+    resolver = ImageResolver(p, images_root)
+    csv_row = p.suffix.lower() == ".csv"
+    listings: list[Listing] = []
+    seen: dict[str, int] = {}
+    for line, row in iter_rows(p):
+        report.n_rows += 1
+        try:
+            if isinstance(row, CatalogError):
+                raise row
+            if renames:
+                row = {renames.get(k, k): v for k, v in row.items()}
+            try:
+                values = _validate_row(row, csv_row=csv_row)
+            except _FieldError as e:
+                raise CatalogError(str(p), line, e.field, e.reason) from None
+            if values["id"] in seen:
+                raise CatalogError(str(p), line, "id", f"duplicate id {values['id']!r} (first at line {seen[values['id']]})")
+        except CatalogError as err:
+            if not skip_bad_rows:
+                raise
+            rid = row.get("id") if isinstance(row, dict) else None
+            report.rejected.append(RejectedRow(line, err.field, err.reason, str(rid) if rid is not None else None))
+            continue
+        seen[values["id"]] = line
+        paths, slots = [], []
+        for slot, ref in enumerate(values["images"]):
+            resolved, reason = resolver.resolve(ref)
+            if resolved is None:
+                report.dropped_images.append(DroppedImage(values["id"], line, ref, reason))
+            else:
+                paths.append(resolved)
+                slots.append(slot)
+        listings.append(
+            Listing(
+                id=values["id"], title=values["title"], description=values["description"],
+                tags=values["tags"], attributes=values["attributes"], category=values["category"],
+                price=values["price"], images=tuple(paths), image_slots=tuple(slots),
+                raw_images=values["images"], line=line,
+            )
+        )
+    report.n_loaded = len(listings)
+    report.sha256 = file_sha256(p)
+    return Catalog(listings, report)
