@@ -1,0 +1,278 @@
+"""The training loop: AdamW, warmup + cosine, AMP on CUDA, gradient clipping, seeds, resumable.
+
+The frozen bottom of MiniLM runs once per text (`TrunkCache`); each step runs only the trainable
+top layers on the texts the objective asked for, and the image heads on cached photo features.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from model.config import IMAGE_VIEWS, TEXT_VIEWS, TrainConfig
+from model.data import TrainingSet
+from model.objectives import Objective, ViewBatch, make_objective
+from model.objectives.contrastive import same_from_ids
+from model.text import TrunkCache
+from model.towers import TwoTower
+from model.views import KIND_QUERY, KIND_TITLE
+
+# Token-length buckets of the training step's text batches (the last one catches everything).
+LENGTH_BUCKETS = (16, 32, 64, 1 << 30)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device: {name!r} asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+
+
+def text_budgets(model: TwoTower, kinds: list[int]) -> list[int]:
+    t = model.cfg.text
+    return [t.max_query_tokens if k == KIND_QUERY else t.max_title_tokens if k == KIND_TITLE else t.max_text_tokens for k in kinds]
+
+
+def build_trunk(model: TwoTower, tokenizer: Any, data: TrainingSet, device: torch.device, progress: bool) -> TrunkCache:
+    n_frozen = model.n_layers - model.cfg.text.trainable_layers
+    return TrunkCache.build(
+        model.encoder, tokenizer, data.texts.texts, text_budgets(model, data.texts.kinds),
+        n_frozen=n_frozen, device=device, progress=progress,
+    )
+
+
+@dataclass
+class TrainHistory:
+    """Per-epoch means of each loss part, the wall time, and optional per-epoch eval metrics."""
+
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    items_per_s: float = 0.0
+    steps: int = 0
+    encoded_slots: int = 0  # slots actually encoded, summed over steps (cost accounting)
+    encoded_tokens: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epochs": self.epochs, "items_per_s": self.items_per_s, "steps": self.steps,
+                "encoded_slots": self.encoded_slots, "encoded_tokens": self.encoded_tokens}
+
+
+class Trainer:
+    """Holds the model, objective, optimiser and data for one run; `fit()` trains."""
+
+    def __init__(self, model: TwoTower, data: TrainingSet, trunk: TrunkCache, cfg: TrainConfig, device: torch.device):
+        self.model, self.data, self.trunk, self.cfg, self.device = model, data, trunk, cfg, device
+        self.objective: Objective = make_objective(cfg.objective, model.cfg.tower.dim, cfg).to(device)
+        self.model.to(device)
+        self.model.encoder.freeze_bottom(model.cfg.text.trainable_layers)
+        self.n_frozen = model.n_layers - model.cfg.text.trainable_layers
+        self.slot_types = torch.tensor(data.slots.types, device=device)
+        self.features = torch.from_numpy(data.image_features).to(device)  # (n_images, F)
+        self.gen = torch.Generator(device=device).manual_seed(cfg.seed)
+        self.np_rng = np.random.default_rng(cfg.seed)
+        self.optimizer = torch.optim.AdamW(self.param_groups(), weight_decay=cfg.weight_decay)
+        self.steps_per_epoch = max(1, math.ceil(len(data.pair_item) / cfg.batch_size))
+        self.total_steps = max(1, self.steps_per_epoch * cfg.epochs)
+        warmup = max(1, int(cfg.warmup_frac * self.total_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / self.total_steps)))
+        )
+        self.epoch = 0
+        self.history = TrainHistory()
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        enc = [p for p in self.model.encoder.parameters() if p.requires_grad]
+        enc_ids = {id(p) for p in enc}
+        rest = [p for p in self.model.parameters() if p.requires_grad and id(p) not in enc_ids]
+        rest += [p for p in self.objective.parameters() if p.requires_grad]
+        decay = [p for p in rest if p.ndim >= 2]
+        no_decay = [p for p in rest if p.ndim < 2]
+        groups = [
+            {"params": decay, "lr": self.cfg.lr},
+            {"params": no_decay, "lr": self.cfg.lr, "weight_decay": 0.0},
+        ]
+        if enc:
+            groups.append({"params": enc, "lr": self.cfg.lr_encoder})
+        return groups
+
+    # ------------------------------------------------------------------ one step
+
+    def encode_texts(self, rows: Tensor) -> Tensor:
+        """Text rows (N,) -> pooled (N, H) through the trainable top layers.
+
+        Rows are grouped by token length (LENGTH_BUCKETS) so an 8-token query is never padded to a
+        120-token description: on CPU that padding was most of the step's cost."""
+        rows = rows.cpu()
+        lens = self.trunk.lengths[self.trunk.row[rows]]  # (N,)
+        order = torch.argsort(lens, stable=True)  # (N,)
+        chunks, lo = [], 0
+        for bound in LENGTH_BUCKETS:
+            hi = int(torch.searchsorted(lens[order], bound, right=True))
+            if hi > lo:
+                hidden, mask = self.trunk.gather(rows[order[lo:hi]], device=self.device)  # (n, T, H)
+                self.history.encoded_tokens += int(mask.sum())
+                chunks.append(self.model.text_pooled(hidden, mask, self.n_frozen))  # (n, H)
+            lo = hi
+        pooled_sorted = torch.cat(chunks)  # (N, H) in length order
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order))
+        return pooled_sorted[inverse.to(self.device)]
+
+    def make_batch(self, idx: np.ndarray) -> ViewBatch:
+        d = self.data
+        items = torch.from_numpy(d.pair_item[idx]).to(self.device)  # (B,)
+        present = torch.from_numpy(d.slots.present[d.pair_item[idx]]).to(self.device)  # (B, S)
+        rows = torch.from_numpy(d.slots.rows[d.pair_item[idx]]).to(self.device)  # (B, S)
+        weights = self.model.fusion.slot_weights(present, self.slot_types)  # (B, S) differentiable
+        encode, aux = self.objective.select_views(present, weights, self.slot_types, self.gen)
+        B, S = present.shape
+        self.history.encoded_slots += int(encode.sum()) + B
+        # Texts: the queries and every encoded text slot go through the top layers in ONE call.
+        is_text = torch.isin(self.slot_types, torch.tensor(TEXT_VIEWS, device=self.device))  # (S,)
+        tb, ts = (encode & is_text).nonzero(as_tuple=True)  # text slot positions
+        q_rows = torch.from_numpy(d.pair_query[idx]).to(self.device)  # (B,)
+        pooled = self.encode_texts(torch.cat([q_rows, rows[tb, ts]]))  # (B + Nt, H)
+        query = self.model.project_query(pooled[:B])  # (B, d)
+        views = torch.zeros(B, S, self.model.cfg.tower.dim, device=self.device, dtype=query.dtype)
+        text_pooled = pooled[B:]
+        for v in TEXT_VIEWS:
+            sel = self.slot_types[ts] == v
+            if bool(sel.any()):
+                views[tb[sel], ts[sel]] = self.model.project_text(v, text_pooled[sel]).to(views.dtype)
+        for v in IMAGE_VIEWS:
+            sel_b, sel_s = (encode & (self.slot_types == v)).nonzero(as_tuple=True)
+            if len(sel_b):
+                feats = self.features[rows[sel_b, sel_s]]  # (Ni, F)
+                views[sel_b, sel_s] = self.model.project_image(v, feats).to(views.dtype)
+        pw = torch.from_numpy(d.pair_weight[idx]).to(self.device)
+        return ViewBatch(
+            query=query, views=views, encoded=encode, present=present, weights=weights,
+            slot_types=self.slot_types, aux=aux, same=same_from_ids(items),
+            pair_weight=pw / pw.mean(), logit_scale=self.model.scale(),
+        )
+
+    def step(self, idx: np.ndarray) -> dict[str, float]:
+        self.model.train()
+        self.objective.train()
+        use_amp = self.cfg.amp and self.device.type == "cuda"
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+            batch = self.make_batch(idx)
+            loss, parts = self.objective(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {float(loss)} at step {self.history.steps}: {parts}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.history.steps += 1
+        return {"loss": float(loss.detach()), **parts, "scale": float(batch.logit_scale.detach())}
+
+    # ------------------------------------------------------------------ epochs
+
+    def epoch_order(self) -> np.ndarray:
+        """A permutation of the pairs; consecutive chunks of batch_size are the batches."""
+        return self.np_rng.permutation(len(self.data.pair_item))
+
+    def fit(
+        self,
+        progress: bool = False,
+        checkpoint: Path | None = None,
+        on_epoch: Callable[[int, TwoTower], dict[str, float]] | None = None,
+    ) -> TrainHistory:
+        bar = _progress(self.total_steps, progress, initial=self.epoch * self.steps_per_epoch)
+        start, n_items = time.perf_counter(), 0
+        while self.epoch < self.cfg.epochs:
+            order, sums = self.epoch_order(), {}
+            for k in range(self.steps_per_epoch):
+                idx = order[k * self.cfg.batch_size:(k + 1) * self.cfg.batch_size]
+                if len(idx) < 2:
+                    continue
+                parts = self.step(idx)
+                n_items += len(idx)
+                for key, val in parts.items():
+                    sums[key] = sums.get(key, 0.0) + val
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()}, refresh=False)
+            self.epoch += 1
+            record = {k: v / self.steps_per_epoch for k, v in sums.items()} | {"epoch": self.epoch}
+            if on_epoch is not None:
+                record |= on_epoch(self.epoch, self.model)
+            self.history.epochs.append(record)
+            if checkpoint is not None:
+                self.save_state(checkpoint)
+        if bar is not None:
+            bar.close()
+        elapsed = time.perf_counter() - start
+        self.history.items_per_s = n_items / elapsed if elapsed > 0 and n_items else 0.0
+        return self.history
+
+    # ------------------------------------------------------------------ resumable state
+
+    def save_state(self, folder: Path) -> None:
+        """Model + objective weights (safetensors), optimiser/scheduler/RNG state (tensors and
+        plain values only, loaded back with weights_only=True), history as JSON."""
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
+        tensors |= {f"objective.{k}": v.detach().contiguous().cpu() for k, v in self.objective.state_dict().items()}
+        meta = {"epoch": str(self.epoch), "train_config": json.dumps(self.cfg.to_dict())}
+        save_file(tensors, str(folder / "train_state.safetensors.tmp"), metadata=meta)
+        torch.save({
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(), "gen": self.gen.get_state(),
+            "np_rng": json.dumps(self.np_rng.bit_generator.state), "history": json.dumps(self.history.to_dict()),
+        }, folder / "optimizer.pt.tmp")
+        (folder / "train_state.safetensors.tmp").replace(folder / "train_state.safetensors")
+        (folder / "optimizer.pt.tmp").replace(folder / "optimizer.pt")
+
+    def load_state(self, folder: Path) -> bool:
+        """Resume from `folder` if it holds a state of the same training config; -> resumed?"""
+        weights, opt = folder / "train_state.safetensors", folder / "optimizer.pt"
+        if not (weights.is_file() and opt.is_file()):
+            return False
+        from safetensors import safe_open
+
+        with safe_open(str(weights), "pt") as f:
+            meta = f.metadata()
+        if json.loads(meta["train_config"]) != self.cfg.to_dict():
+            raise ValueError(f"{weights}: saved with another training config; remove it to start over")
+        tensors = load_file(str(weights))
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        self.objective.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("objective.")})
+        state = torch.load(opt, weights_only=True, map_location="cpu")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.gen.set_state(state["gen"])
+        self.np_rng.bit_generator.state = json.loads(state["np_rng"])
+        hist = json.loads(state["history"])
+        self.history = TrainHistory(**hist)
+        self.epoch = int(meta["epoch"])
+        return True
+
+
+def _progress(total: int, enabled: bool, initial: int = 0) -> Any:
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is in the train extra
+        return None
+    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)

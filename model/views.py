@@ -1,0 +1,122 @@
+"""A listing's views, laid out as arrays for the towers.
+
+Views (model.config.VIEW_TYPES): title, primary image, description, tags (tags + attributes +
+category as one text), other images (the mean feature of the listing's other photos: one view,
+however many photos). Texts are deduplicated across listings and queries so each is encoded once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from model.catalog import Listing
+from model.config import DESCRIPTION, IMAGE, IMAGE_OTHER, TAGS, TITLE, VIEW_TYPES
+
+# Text kinds choose the token budget (TextConfig): queries, titles, long texts.
+KIND_QUERY, KIND_TITLE, KIND_TEXT = 0, 1, 2
+
+
+def tags_text(listing: Listing) -> str:
+    """Category, tags and attributes as one short text ("mug | gift, coffee | color: red")."""
+    parts = []
+    if listing.category:
+        parts.append(listing.category)
+    if listing.tags:
+        parts.append(", ".join(listing.tags))
+    if listing.attributes:
+        parts.append("; ".join(f"{k}: {v}" for k, v in listing.attributes.items()))
+    return " | ".join(parts)
+
+
+class TextTable:
+    """Unique texts with their kind; `add` returns the text's row (deduplicated)."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.kinds: list[int] = []
+        self._index: dict[tuple[str, int], int] = {}
+
+    def add(self, text: str, kind: int) -> int:
+        key = (text, kind)
+        row = self._index.get(key)
+        if row is None:
+            row = self._index[key] = len(self.texts)
+            self.texts.append(text)
+            self.kinds.append(kind)
+        return row
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass
+class ViewTable:
+    """Views of n listings. Missing views are -1 / empty."""
+
+    ids: list[str]
+    texts: TextTable
+    text_rows: np.ndarray  # (n, 3) int64 rows into `texts` for title, description, tags
+    image_paths: list[str]  # unique image files
+    primary_image: np.ndarray  # (n,) int64 row into image_paths, -1 when missing
+    other_images: list[list[int]]  # per listing, rows into image_paths
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def present(self, image_ok: np.ndarray | None = None) -> np.ndarray:
+        """(n, V) bool: which views each listing has (images must also have featurised, if known)."""
+        n = len(self.ids)
+        out = np.zeros((n, len(VIEW_TYPES)), dtype=bool)
+        out[:, TITLE] = self.text_rows[:, 0] >= 0
+        out[:, DESCRIPTION] = self.text_rows[:, 1] >= 0
+        out[:, TAGS] = self.text_rows[:, 2] >= 0
+        ok = image_ok if image_ok is not None else np.ones(len(self.image_paths), dtype=bool)
+        prim = self.primary_image
+        out[:, IMAGE] = (prim >= 0) & ok[np.maximum(prim, 0)] if len(ok) else False
+        out[:, IMAGE_OTHER] = [any(ok[j] for j in rows) for rows in self.other_images]
+        return out
+
+    def image_view_features(self, features: np.ndarray, image_ok: np.ndarray) -> np.ndarray:
+        """(n, 2, F) float32: the primary photo's feature and the mean of the other photos'."""
+        n, f = len(self.ids), features.shape[1] if features.ndim == 2 else 0
+        out = np.zeros((n, 2, f), dtype=np.float32)
+        for i in range(n):
+            p = self.primary_image[i]
+            if p >= 0 and image_ok[p]:
+                out[i, 0] = features[p]
+            rows = [j for j in self.other_images[i] if image_ok[j]]
+            if rows:
+                out[i, 1] = features[rows].mean(axis=0)
+        return out
+
+
+def build_view_table(listings: Sequence[Listing], texts: TextTable | None = None) -> ViewTable:
+    """Lay out the views of `listings`; pass a shared TextTable to deduplicate with queries."""
+    texts = texts if texts is not None else TextTable()
+    n = len(listings)
+    text_rows = np.full((n, 3), -1, dtype=np.int64)
+    image_rows: dict[str, int] = {}
+    image_paths: list[str] = []
+    primary = np.full(n, -1, dtype=np.int64)
+    others: list[list[int]] = []
+
+    def image_row(path: str) -> int:
+        if path not in image_rows:
+            image_rows[path] = len(image_paths)
+            image_paths.append(path)
+        return image_rows[path]
+
+    for i, listing in enumerate(listings):
+        text_rows[i, 0] = texts.add(listing.title, KIND_TITLE)
+        if listing.description:
+            text_rows[i, 1] = texts.add(listing.description, KIND_TEXT)
+        tag_text = tags_text(listing)
+        if tag_text:
+            text_rows[i, 2] = texts.add(tag_text, KIND_TEXT)
+        if listing.primary_image is not None:
+            primary[i] = image_row(listing.primary_image)
+        others.append([image_row(p) for p in listing.other_images])
+    return ViewTable([lst.id for lst in listings], texts, text_rows, image_paths, primary, others)
