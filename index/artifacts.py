@@ -1,0 +1,196 @@
+"""Versioned artifacts: `DIR/versions/<version>/` + `DIR/current`, published atomically.
+
+A version folder is written under `DIR/staging/`, every file fsync'ed, its manifest written last
+(with the sha256 of every file), then renamed into `DIR/versions/` in one step. `DIR/current` is a
+small text file naming the served version, replaced by write-temp, fsync, rename, fsync(dir): a
+reader sees the old name or the new one, never a torn one. A version whose checksums fail is
+refused on load.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+SCHEMA_VERSION = 1
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class ArtifactError(RuntimeError):
+    """A missing, corrupt or mismatched artifact (the message names the file and the problem)."""
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # pragma: no cover - some file systems do not allow opening a directory
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def new_version_name(digest_hint: str = "") -> str:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{(digest_hint or secrets.token_hex(4))[:8]}"
+
+
+@dataclass
+class Staged:
+    """A version being written: put files in `path`, then `store.commit(staged, manifest)`."""
+
+    version: str
+    path: Path
+
+
+class ArtifactStore:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.versions_dir = self.root / "versions"
+        self.staging_dir = self.root / "staging"
+        self.current_file = self.root / "current"
+
+    # ------------------------------------------------------------------ reading
+
+    def list_versions(self) -> list[str]:
+        if not self.versions_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.versions_dir.iterdir() if (p / MANIFEST).is_file())
+
+    def current_version(self) -> str | None:
+        try:
+            name = self.current_file.read_text().strip()
+        except FileNotFoundError:
+            return None
+        return name or None
+
+    def version_dir(self, version: str) -> Path:
+        if not VERSION_RE.match(version):
+            raise ArtifactError(f"version: {version!r} is not a valid version name")
+        path = self.versions_dir / version
+        if not (path / MANIFEST).is_file():
+            raise ArtifactError(f"{path}: no such artifact version (no {MANIFEST})")
+        return path
+
+    def manifest(self, version: str) -> dict[str, Any]:
+        path = self.version_dir(version) / MANIFEST
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ArtifactError(f"{path}: unreadable manifest ({e})") from e
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise ArtifactError(f"{path}: schema_version {data.get('schema_version')!r} is not {SCHEMA_VERSION}")
+        return data
+
+    def verify(self, version: str) -> dict[str, Any]:
+        """Check every file's sha256 against the manifest; -> the manifest, or ArtifactError."""
+        folder = self.version_dir(version)
+        manifest = self.manifest(version)
+        files = manifest.get("files") or {}
+        if not files:
+            raise ArtifactError(f"{folder / MANIFEST}: lists no files")
+        for name, expected in files.items():
+            path = folder / name
+            if not path.is_file():
+                raise ArtifactError(f"{path}: missing (listed in the manifest)")
+            got = sha256_file(path)
+            if got != expected:
+                raise ArtifactError(f"{path}: checksum mismatch (manifest {expected[:12]}…, file {got[:12]}…)")
+        return manifest
+
+    # ------------------------------------------------------------------ writing
+
+    @contextmanager
+    def stage(self, version: str | None = None) -> Iterator[Staged]:
+        """A fresh staging folder; removed if the block raises before `commit`."""
+        version = version or new_version_name()
+        if not VERSION_RE.match(version):
+            raise ArtifactError(f"version: {version!r} is not a valid version name")
+        if (self.versions_dir / version).exists():
+            raise ArtifactError(f"version {version!r} exists already")
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        path = self.staging_dir / f"{version}.{secrets.token_hex(4)}"
+        path.mkdir()
+        staged = Staged(version, path)
+        try:
+            yield staged
+        finally:
+            if path.exists():
+                shutil.rmtree(path, ignore_errors=True)
+
+    def commit(self, staged: Staged, manifest: dict[str, Any]) -> Path:
+        """Checksum and fsync every staged file, write the manifest, move into versions/."""
+        files = {}
+        for p in sorted(staged.path.rglob("*")):
+            if p.is_file() and p.name != MANIFEST:
+                _fsync_file(p)
+                files[str(p.relative_to(staged.path))] = sha256_file(p)
+        manifest = {"schema_version": SCHEMA_VERSION, "version": staged.version, **manifest, "files": files}
+        write_atomic(staged.path / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
+        _fsync_dir(staged.path)
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        final = self.versions_dir / staged.version
+        os.rename(staged.path, final)
+        _fsync_dir(self.versions_dir)
+        return final
+
+    def publish(self, version: str) -> None:
+        """Point `current` at `version` (verified first): roll forward or back."""
+        self.verify(version)
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.current_file, (version + "\n").encode())
+
+    def retain(self, keep: int) -> list[str]:
+        """Delete all but the newest `keep` versions, never the current one; -> deleted names."""
+        if keep < 1:
+            raise ValueError(f"keep: must be >= 1, got {keep}")
+        current = self.current_version()
+        versions = self.list_versions()
+        doomed = [v for v in versions[:-keep] if v != current]
+        for v in doomed:
+            shutil.rmtree(self.versions_dir / v, ignore_errors=True)
+        return doomed

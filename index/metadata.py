@@ -1,0 +1,107 @@
+"""Listing metadata for responses and filters: one SQLite file per artifact version.
+
+Written once at build time; the server opens it read-only and immutable
+(`file:...?mode=ro&immutable=1`), one connection per thread, so concurrent requests never lock.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from index.filters import FilterColumns
+
+SCHEMA = """
+CREATE TABLE listings (
+    row INTEGER PRIMARY KEY,     -- position in the index
+    id TEXT NOT NULL UNIQUE,
+    title TEXT NOT NULL,
+    image TEXT,                  -- the primary image reference as given in the catalog
+    category TEXT,
+    price REAL,
+    attributes TEXT NOT NULL     -- JSON object
+);
+"""
+
+
+@dataclass(frozen=True)
+class ListingRecord:
+    row: int
+    id: str
+    title: str
+    image: str | None
+    category: str | None
+    price: float | None
+    attributes: dict[str, str]
+
+
+def write_listings(path: str | Path, records: Iterable[ListingRecord]) -> int:
+    """Create the SQLite file at `path` (must not exist); -> number of rows written."""
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path}: exists; metadata is written once per version")
+    con = sqlite3.connect(path)
+    try:
+        con.executescript(SCHEMA)
+        cur = con.executemany(
+            "INSERT INTO listings VALUES (?, ?, ?, ?, ?, ?, ?)",
+            ((r.row, r.id, r.title, r.image, r.category, r.price, json.dumps(r.attributes, ensure_ascii=False))
+             for r in records),
+        )
+        n = cur.rowcount
+        con.commit()
+        con.execute("VACUUM")
+    finally:
+        con.close()
+    return n
+
+
+class ListingStore:
+    """Read-only access; safe to share between threads (each thread gets its own connection)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path).resolve()
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: no listing metadata")
+        self._uri = f"file:{quote(str(self.path))}?mode=ro&immutable=1"
+        self._local = threading.local()
+        self.count = int(self._con().execute("SELECT COUNT(*) FROM listings").fetchone()[0])
+
+    def _con(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = sqlite3.connect(self._uri, uri=True, check_same_thread=True)
+            self._local.con = con
+        return con
+
+    def get(self, rows: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """Rows -> {row: {"id", "title", "image", "category", "price"}}."""
+        if not rows:
+            return {}
+        unique = sorted({int(r) for r in rows if r >= 0})
+        out: dict[int, dict[str, Any]] = {}
+        for start in range(0, len(unique), 900):  # SQLite's bound-parameter limit
+            chunk = unique[start:start + 900]
+            q = f"SELECT row, id, title, image, category, price FROM listings WHERE row IN ({','.join('?' * len(chunk))})"
+            for row, lid, title, image, category, price in self._con().execute(q, chunk):
+                out[row] = {"id": lid, "title": title, "image": image, "category": category, "price": price}
+        return out
+
+    def ids(self) -> list[str]:
+        return [r[0] for r in self._con().execute("SELECT id FROM listings ORDER BY row")]
+
+    def filter_columns(self) -> FilterColumns:
+        cats, prices, attrs = [], [], []
+        for category, price, attributes in self._con().execute(
+            "SELECT category, price, attributes FROM listings ORDER BY row"
+        ):
+            cats.append(category)
+            prices.append(price)
+            attrs.append(json.loads(attributes))
+        return FilterColumns.from_rows(cats, prices, attrs)

@@ -1,0 +1,228 @@
+"""Searching the index, placed on GPU or CPU, with optional row filters.
+
+Placement (`choose_placement`), in order of preference:
+  faiss-gpu   the installed faiss has GPU support and a GPU is visible;
+  torch-cuda  CUDA is present but faiss is CPU-only: exact fp16 inner product in torch;
+  faiss-cpu   otherwise.
+Filters arrive as a boolean mask over rows. On CPU: a very selective mask is answered by an exact
+scan of the matching rows; otherwise faiss searches with an IDSelectorBitmap. On GPU: the
+torch path masks scores before top-k (exact); faiss-gpu oversamples, post-filters and refills from
+an exact scan of the subset when too few survive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import faiss
+import numpy as np
+
+from index.build import apply_params
+
+# A filter that leaves at most this many rows is answered by an exact scan of those rows.
+EXACT_SUBSET_MAX = 50_000
+PLACEMENTS = ("faiss-gpu", "torch-cuda", "faiss-cpu")
+
+
+def faiss_gpu_count() -> int:
+    get = getattr(faiss, "get_num_gpus", None)
+    try:
+        return int(get()) if get is not None else 0
+    except Exception:  # noqa: BLE001 - a CPU build may raise instead of returning 0
+        return 0
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a core dependency
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def choose_placement(requested: str, faiss_gpus: int, cuda: bool) -> str:
+    """requested: auto | cpu | cuda | one of PLACEMENTS -> the placement to use (or ValueError)."""
+    if requested in ("cpu", "faiss-cpu"):
+        return "faiss-cpu"
+    if requested == "faiss-gpu":
+        if faiss_gpus < 1:
+            raise ValueError("index_device: faiss-gpu asked for, but the installed faiss sees no GPU")
+        return "faiss-gpu"
+    if requested == "torch-cuda":
+        if not cuda:
+            raise ValueError("index_device: torch-cuda asked for, but torch sees no CUDA device")
+        return "torch-cuda"
+    if requested in ("auto", "cuda"):
+        if faiss_gpus > 0:
+            return "faiss-gpu"
+        if cuda:
+            return "torch-cuda"
+        if requested == "cuda":
+            raise ValueError("index_device: cuda asked for, but no GPU is visible")
+        return "faiss-cpu"
+    raise ValueError(f"index_device: {requested!r} is not auto, cpu, cuda or one of {', '.join(PLACEMENTS)}")
+
+
+@dataclass
+class SearchResult:
+    scores: np.ndarray  # (B, k) float32, -inf where fewer than k rows matched
+    rows: np.ndarray  # (B, k) int64, -1 where fewer than k rows matched
+
+
+def _exact_subset(vectors: np.ndarray, rows: np.ndarray, q: np.ndarray, k: int) -> SearchResult:
+    """Exact top-k over the given rows only (vectors may be fp16 or a memory map)."""
+    B = q.shape[0]
+    scores = np.full((B, k), -np.inf, dtype=np.float32)
+    out = np.full((B, k), -1, dtype=np.int64)
+    if len(rows) == 0:
+        return SearchResult(scores, out)
+    sub = np.asarray(vectors[rows], dtype=np.float32)  # (m, d)
+    s = q @ sub.T  # (B, m)
+    kk = min(k, len(rows))
+    top = np.argpartition(-s, kk - 1, axis=1)[:, :kk]  # (B, kk)
+    top_s = np.take_along_axis(s, top, axis=1)
+    order = np.argsort(-top_s, axis=1, kind="stable")
+    scores[:, :kk] = np.take_along_axis(top_s, order, axis=1)
+    out[:, :kk] = rows[np.take_along_axis(top, order, axis=1)]
+    return SearchResult(scores, out)
+
+
+class Searcher:
+    """Base: `search(q (B, d) float32, k, allowed (n,) bool | None) -> SearchResult`."""
+
+    placement = ""
+
+    def __init__(self, vectors: np.ndarray):
+        self.vectors = vectors  # (n, d) fp16/fp32, possibly memory-mapped: exact subset scans
+        self.ntotal = int(vectors.shape[0])
+
+    def search(self, q: np.ndarray, k: int, allowed: np.ndarray | None = None) -> SearchResult:
+        raise NotImplementedError  # pragma: no cover
+
+    def describe(self) -> dict[str, Any]:
+        return {"placement": self.placement, "ntotal": self.ntotal}
+
+
+class FaissCpuSearcher(Searcher):
+    placement = "faiss-cpu"
+
+    def __init__(self, index: faiss.Index, vectors: np.ndarray, params: dict[str, Any] | None = None):
+        super().__init__(vectors)
+        self.index = index
+        self.params = dict(params or {})
+        apply_params(index, self.params)
+
+    def _search_params(self, sel: Any) -> Any:
+        ivf = faiss.try_extract_index_ivf(self.index)
+        if ivf is not None:
+            return faiss.SearchParametersIVF(sel=sel, nprobe=int(self.params.get("nprobe", ivf.nprobe)))
+        if isinstance(self.index, faiss.IndexHNSW):
+            return faiss.SearchParametersHNSW(sel=sel, efSearch=int(self.params.get("efSearch", 64)))
+        return faiss.SearchParameters(sel=sel)
+
+    def search(self, q: np.ndarray, k: int, allowed: np.ndarray | None = None) -> SearchResult:
+        q = np.ascontiguousarray(q, dtype=np.float32)
+        k_eff = min(k, self.ntotal)
+        if allowed is None:
+            scores, rows = self.index.search(q, k_eff)
+            return _pad(SearchResult(scores, rows), k)
+        rows_ok = np.flatnonzero(allowed)
+        if len(rows_ok) <= EXACT_SUBSET_MAX:
+            return _exact_subset(self.vectors, rows_ok, q, k)
+        bitmap = np.packbits(allowed, bitorder="little")
+        sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
+        scores, rows = self.index.search(q, k_eff, params=self._search_params(sel))
+        return _pad(SearchResult(scores, rows), k)
+
+
+class TorchCudaSearcher(Searcher):
+    """Exact fp16 inner-product search on the GPU (DESIGN §6 reference path)."""
+
+    placement = "torch-cuda"
+
+    def __init__(self, vectors: np.ndarray, device: str = "cuda"):
+        import torch
+
+        super().__init__(vectors)
+        self.torch = torch
+        self.device = torch.device(device)
+        self.matrix = torch.from_numpy(np.asarray(vectors, dtype=np.float16)).to(self.device)  # (n, d)
+
+    def search(self, q: np.ndarray, k: int, allowed: np.ndarray | None = None) -> SearchResult:
+        torch = self.torch
+        qt = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float16)).to(self.device, non_blocking=True)
+        scores = qt @ self.matrix.T  # (B, n) fp16 accumulate in fp32 by cuBLAS
+        if allowed is not None:
+            mask = torch.from_numpy(allowed).to(self.device)
+            scores = scores.masked_fill(~mask, float("-inf"))
+        k_eff = min(k, self.ntotal)
+        top_s, top_i = torch.topk(scores.float(), k_eff, dim=1)
+        top_s, top_i = top_s.cpu().numpy(), top_i.cpu().numpy().astype(np.int64)
+        top_i[~np.isfinite(top_s)] = -1
+        return _pad(SearchResult(top_s, top_i), k)
+
+
+class FaissGpuSearcher(FaissCpuSearcher):
+    """faiss on all visible GPUs; filters by oversampling + post-filtering + exact refill."""
+
+    placement = "faiss-gpu"
+    oversample = 4
+
+    def __init__(self, index: faiss.Index, vectors: np.ndarray, params: dict[str, Any] | None = None):
+        co = faiss.GpuMultipleClonerOptions()
+        co.useFloat16 = True
+        gpu_index = faiss.index_cpu_to_all_gpus(index, co=co)
+        super().__init__(gpu_index, vectors, params)
+
+    def search(self, q: np.ndarray, k: int, allowed: np.ndarray | None = None) -> SearchResult:
+        q = np.ascontiguousarray(q, dtype=np.float32)
+        if allowed is None:
+            scores, rows = self.index.search(q, min(k, self.ntotal))
+            return _pad(SearchResult(scores, rows), k)
+        rows_ok = np.flatnonzero(allowed)
+        if len(rows_ok) <= EXACT_SUBSET_MAX:
+            return _exact_subset(self.vectors, rows_ok, q, k)
+        return post_filter(self.index.search(q, min(k * self.oversample, self.ntotal)), allowed, k,
+                           lambda missing: _exact_subset(self.vectors, rows_ok, q[missing], k))
+
+
+def post_filter(raw: tuple[np.ndarray, np.ndarray], allowed: np.ndarray, k: int, refill: Any) -> SearchResult:
+    """Keep allowed rows of an oversampled result; rows with < k survivors are refilled exactly."""
+    scores, rows = raw
+    B = rows.shape[0]
+    out_s = np.full((B, k), -np.inf, dtype=np.float32)
+    out_r = np.full((B, k), -1, dtype=np.int64)
+    short = []
+    for b in range(B):
+        keep = (rows[b] >= 0) & allowed[np.maximum(rows[b], 0)]
+        got = rows[b][keep][:k]
+        out_r[b, :len(got)], out_s[b, :len(got)] = got, scores[b][keep][:k]
+        if len(got) < min(k, int(allowed.sum())):
+            short.append(b)
+    if short:
+        exact = refill(np.asarray(short))
+        out_s[short], out_r[short] = exact.scores, exact.rows
+    return SearchResult(out_s, out_r)
+
+
+def _pad(res: SearchResult, k: int) -> SearchResult:
+    B, got = res.rows.shape
+    rows = res.rows.astype(np.int64, copy=False)
+    scores = res.scores.astype(np.float32, copy=False)
+    scores = np.where(rows >= 0, scores, -np.inf).astype(np.float32)
+    if got >= k:
+        return SearchResult(scores[:, :k], rows[:, :k])
+    pad_s = np.full((B, k - got), -np.inf, dtype=np.float32)
+    pad_r = np.full((B, k - got), -1, dtype=np.int64)
+    return SearchResult(np.hstack([scores, pad_s]), np.hstack([rows, pad_r]))
+
+
+def make_searcher(index: faiss.Index, vectors: np.ndarray, params: dict[str, Any] | None = None,
+                  device: str = "auto") -> Searcher:
+    placement = choose_placement(device, faiss_gpu_count(), cuda_available())
+    if placement == "faiss-gpu":
+        return FaissGpuSearcher(index, vectors, params)
+    if placement == "torch-cuda":
+        return TorchCudaSearcher(vectors)
+    return FaissCpuSearcher(index, vectors, params)
