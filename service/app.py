@@ -1,0 +1,162 @@
+"""The FastAPI app factory: `create_app(settings)`; the model and index load in `lifespan`.
+
+Startup loads the served version in a thread (so /healthz answers while a large index loads),
+warms it, and only then turns /readyz green. A poller follows `DIR/current` (and SIGHUP or
+POST /admin/reload force a check): the new version loads and warms beside the old one and is
+swapped in atomically; if it fails, the old one keeps serving and the failure is reported.
+Shutdown turns /readyz red, drains in-flight requests, then stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+
+from service.batcher import MicroBatcher
+from service.engine import Engine, LoadedVersion, SearchRequest, artifacts_current
+from service.errors import ServiceError, status_of
+from service.metrics import Metrics
+from service.middleware import RequestMiddleware
+from service.routes import router
+from service.settings import Settings
+from service.state import ServiceState
+
+log = logging.getLogger("service.app")
+
+
+def reload_version(state: ServiceState, version: str | None = None) -> LoadedVersion:
+    """Load (beside the served one), warm and swap; the metric counts every outcome."""
+    try:
+        lv = state.engine.load(version)
+    except Exception:
+        state.metrics.reloads.labels("failed").inc()
+        raise
+    state.metrics.reloads.labels("ok").inc()
+    state.metrics.set_served(lv.model_version, lv.version, str(lv.encoder.device), lv.searcher.placement, lv.n_items)
+    state.warmed = True
+    state.load_error = None
+    state.metrics.ready.set(1)
+    return lv
+
+
+def make_batch_runner(state: ServiceState) -> Any:
+    def run(requests: Sequence[SearchRequest]) -> list[tuple[list, str, str]]:
+        t0 = time.perf_counter()
+        result = state.engine.search_batch(requests)
+        for stage, seconds in result.stages.items():
+            state.metrics.stage.labels(stage).observe(seconds)
+        state.metrics.stage.labels("total").observe(time.perf_counter() - t0)
+        return [(hits, result.model_version, result.index_version) for hits in result.hits]
+
+    return run
+
+
+async def _follow_current(state: ServiceState, wake: asyncio.Event) -> None:
+    """Initial load (retried until it works), then follow DIR/current."""
+    settings = state.settings
+    while not state.shutting_down:
+        served = state.engine._current.version if state.engine.ready else None
+        try:
+            target = settings.version or await asyncio.to_thread(artifacts_current, settings)
+            if target is not None and target != served:
+                await asyncio.to_thread(reload_version, state, target)
+            elif target is None and not state.engine.ready:
+                state.load_error = f"no version published in {settings.artifacts}"
+        except Exception as e:  # noqa: BLE001 - keep serving the old version; report the failure
+            state.load_error = f"{type(e).__name__}: {e}"
+            log.error("loading version failed: %s", state.load_error)
+        interval = settings.reload_poll_s if settings.reload_poll_s > 0 else (1.0 if not state.engine.ready else None)
+        with contextlib.suppress(TimeoutError):
+            if interval is None:
+                await wake.wait()
+            else:
+                await asyncio.wait_for(wake.wait(), interval)
+        wake.clear()
+
+
+def create_app(settings: Settings) -> FastAPI:
+    metrics = Metrics()
+    engine = Engine(settings)
+    batcher = MicroBatcher(
+        lambda reqs: [], max_batch=settings.max_batch, max_wait_us=settings.max_wait_us,
+        max_queue=settings.max_queue, timeout_s=settings.request_timeout_ms / 1000,
+        on_batch=lambda n, waited: (metrics.batch_size.observe(n), metrics.stage.labels("queue_wait").observe(waited)),
+        on_depth=metrics.queue_depth.set,
+    )
+    state = ServiceState(settings, engine, metrics, batcher)
+    batcher.run_batch = make_batch_runner(state)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(settings.torch_threads)
+        await batcher.start()
+        wake = asyncio.Event()
+        app.state.wake = wake
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(ValueError, NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, wake.set)  # main thread only
+        follower = asyncio.create_task(_follow_current(state, wake), name="follow-current")
+        try:
+            yield
+        finally:
+            state.shutting_down = True
+            metrics.ready.set(0)
+            wake.set()
+            await batcher.drain()
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await follower
+            await batcher.stop()
+            with contextlib.suppress(ValueError, NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signal.SIGHUP)
+
+    app = FastAPI(
+        title="Marketplace retrieval service",
+        version="0.1.0",
+        description="Multi-view two-tower retrieval over a FAISS index of fused listing embeddings.",
+        lifespan=lifespan,
+    )
+    app.state.svc = state
+    app.include_router(router)
+
+    @app.exception_handler(ServiceError)
+    async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        code = status_of(exc)
+        headers = {"Retry-After": "1"} if code in (429, 503) else None
+        return JSONResponse({"error": type(exc).__name__, "message": str(exc)}, status_code=code, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+            problems.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
+        return JSONResponse({"error": "InvalidRequest", "message": "; ".join(problems[:10])}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        return JSONResponse({"error": "InternalError", "message": "internal error"}, status_code=500)
+
+    if settings.image_root is not None:
+        from fastapi.staticfiles import StaticFiles
+
+        app.mount("/images", StaticFiles(directory=settings.image_root, check_dir=False), name="images")
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Content-Type", "Authorization", "X-Request-ID"])
+    app.add_middleware(RequestMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    return app

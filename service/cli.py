@@ -1,0 +1,186 @@
+"""The `service` command: thin entry points that parse arguments and call typed functions.
+
+  service sample-catalog --out DIR [--items N] [--seed S]
+  service build-index --catalog PATH --artifacts DIR [--interactions P] [--judgments P] [...]
+  service serve --artifacts DIR [--host H] [--port P]
+  service eval --artifacts DIR [--version V] --judgments PATH
+  service publish VERSION --artifacts DIR
+  service versions --artifacts DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from service.offline import enforce_offline
+
+log = logging.getLogger("service")
+
+
+def _add_build_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--catalog", required=True, type=Path, help="catalog .jsonl, .csv or .parquet")
+    p.add_argument("--artifacts", required=True, type=Path, help="artifact folder DIR")
+    p.add_argument("--interactions", type=Path, help="interactions.jsonl (query, item_id, weight)")
+    p.add_argument("--judgments", type=Path, help="judgments.jsonl: evaluate before publishing")
+    p.add_argument("--objective", default="ft", choices=["ft", "clip", "oat", "pmrl", "ft-allpairs"])
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-bad-rows", action="store_true", help="skip and report bad rows instead of stopping")
+    p.add_argument("--images-root", type=Path, help="another folder image paths may point into")
+    p.add_argument("--columns", help="rename source columns: title=name,id=sku")
+    p.add_argument("--index-key", default="auto", help="faiss index_factory string, or auto")
+    p.add_argument("--text-weights", default="", help="folder of other BERT-family weights (default: bundled MiniLM)")
+    p.add_argument("--image-weights", default="", help="EfficientNet-Lite0 state dict (default: bundled)")
+    p.add_argument("--image-cache", type=Path, help="image feature cache (default: DIR/cache/images)")
+    p.add_argument("--dim", type=int, default=256, help="embedding dimension")
+    p.add_argument("--min-recall-at-100", type=float, help="publish gate on recall@100 (needs --judgments)")
+    p.add_argument("--min-ann-recall", type=float, help="publish gate on ANN recall at the served k")
+    p.add_argument("--no-publish", action="store_true", help="write the version but leave DIR/current alone")
+    p.add_argument("--keep-versions", type=int, default=0, help="delete all but the newest N versions (0: keep all)")
+    p.add_argument("--version", help="version name (default: timestamp-digest)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def cmd_sample_catalog(a: argparse.Namespace) -> int:
+    from model.synthetic import generate
+
+    summary = generate(a.out, n_items=a.items, seed=a.seed)
+    print(json.dumps(summary.to_dict() if hasattr(summary, "to_dict") else summary.__dict__, indent=2, default=str))
+    return 0
+
+
+def cmd_build_index(a: argparse.Namespace) -> int:
+    from service.pipeline import GateFailed, build_index, build_options
+
+    opts = build_options(
+        catalog=a.catalog, artifacts=a.artifacts, interactions=a.interactions, judgments=a.judgments,
+        objective=a.objective, epochs=a.epochs, batch_size=a.batch_size, device=a.device, seed=a.seed,
+        skip_bad_rows=a.skip_bad_rows, images_root=a.images_root, columns=a.columns, index_key=a.index_key,
+        text_weights=a.text_weights, image_weights=a.image_weights, image_cache=a.image_cache, dim=a.dim,
+        publish=not a.no_publish, min_recall_at_100=a.min_recall_at_100, min_ann_recall=a.min_ann_recall,
+        progress=not a.no_progress, version=a.version, keep_versions=a.keep_versions,
+    )
+    try:
+        result = build_index(opts)
+    except GateFailed as e:
+        print(f"build-index: {e}", file=sys.stderr)
+        return 3
+    m = result.manifest
+    print(json.dumps({"version": result.version, "published": result.published, "path": str(result.path),
+                      "n_items": m["n_items"], "index_key": m["index_key"], "metrics": m.get("metrics", {}),
+                      "timings": m.get("timings", {})}, indent=2, default=float))
+    return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    overrides: dict[str, Any] = {"artifacts": a.artifacts, "host": a.host, "port": a.port}
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    logging.basicConfig(level=settings.log_level.upper(), format="%(message)s")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+                access_log=False, timeout_graceful_shutdown=10)
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from service.evaluate_cmd import evaluate_version
+
+    metrics = evaluate_version(a.artifacts, a.version, a.judgments, device=a.device, min_relevant=a.min_relevant)
+    text = json.dumps(metrics, indent=2, default=float)
+    if a.out:
+        Path(a.out).write_text(text)
+    print(text)
+    return 0
+
+
+def cmd_publish(a: argparse.Namespace) -> int:
+    from index.artifacts import ArtifactStore
+
+    store = ArtifactStore(a.artifacts)
+    before = store.current_version()
+    store.publish(a.version)
+    print(json.dumps({"current": a.version, "previous": before}))
+    return 0
+
+
+def cmd_versions(a: argparse.Namespace) -> int:
+    from index.artifacts import ArtifactStore
+
+    store = ArtifactStore(a.artifacts)
+    current = store.current_version()
+    for v in store.list_versions():
+        m = store.manifest(v)
+        mark = "*" if v == current else " "
+        print(f"{mark} {v}  objective={m.get('objective')} items={m.get('n_items')} "
+              f"recall@100={m.get('metrics', {}).get('recall@100', 'n/a')} gate={m.get('gate', {}).get('passed')}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="service", description="Multi-view two-tower retrieval service")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("sample-catalog", help="generate the deterministic sample catalog")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--items", type=int, default=2000)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_sample_catalog)
+
+    s = sub.add_parser("build-index", help="train, embed, index, evaluate and publish a version")
+    _add_build_args(s)
+    s.set_defaults(func=cmd_build_index)
+
+    s = sub.add_parser("serve", help="serve DIR/current over HTTP")
+    s.add_argument("--artifacts", type=Path)
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("eval", help="evaluate a version (published or not) against judgments")
+    s.add_argument("--artifacts", required=True, type=Path)
+    s.add_argument("--version", help="default: DIR/current")
+    s.add_argument("--judgments", required=True, type=Path)
+    s.add_argument("--min-relevant", type=float, help="relevance counted as relevant (default: above the lowest grade)")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--out", type=Path, help="also write the JSON here")
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("publish", help="point DIR/current at VERSION (roll forward or back)")
+    s.add_argument("version")
+    s.add_argument("--artifacts", required=True, type=Path)
+    s.set_defaults(func=cmd_publish)
+
+    s = sub.add_parser("versions", help="list the versions in DIR")
+    s.add_argument("--artifacts", required=True, type=Path)
+    s.set_defaults(func=cmd_versions)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    enforce_offline()
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    try:
+        return int(args.func(args))
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        # Domain errors (bad rows, bad files, bad artifacts) print one clear line, no traceback.
+        print(f"service {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

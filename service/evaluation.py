@@ -1,0 +1,76 @@
+"""Evaluating an index against judgments: query vectors in, metrics out, over the FULL catalog.
+
+Used by `build-index` (before publishing) and by `service eval` (on any version, published or not).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from index.search import FaissCpuSearcher, Searcher, _exact_subset
+from model.interactions import Judgments
+from model.metrics import ranking_metrics
+
+RECALL_KS = (10, 100, 500)
+
+
+def ranked_ids(searcher: Searcher, ids: Sequence[str], qvecs: np.ndarray, k: int, batch: int = 256) -> list[list[str]]:
+    out: list[list[str]] = []
+    for start in range(0, len(qvecs), batch):
+        res = searcher.search(qvecs[start:start + batch], k)
+        out.extend([[ids[r] for r in row if r >= 0] for row in res.rows])
+    return out
+
+
+def exact_rows(vectors: np.ndarray, qvecs: np.ndarray, k: int, batch: int = 256) -> np.ndarray:
+    """Exact top-k rows (Q, k) by brute force: the reference for ANN recall."""
+    all_rows = np.arange(vectors.shape[0])
+    return np.vstack([_exact_subset(vectors, all_rows, qvecs[s:s + batch], k).rows for s in range(0, len(qvecs), batch)])
+
+
+def ann_recall(searcher: Searcher, vectors: np.ndarray, qvecs: np.ndarray, k: int) -> float:
+    """Mean |ANN top-k ∩ exact top-k| / k, with query-tower vectors, at the served k."""
+    if isinstance(searcher, FaissCpuSearcher) and searcher.index.__class__.__name__ == "IndexFlat":
+        return 1.0  # an exact index: nothing to measure
+    k = min(k, vectors.shape[0])
+    exact = exact_rows(vectors, qvecs, k)
+    got = np.vstack([searcher.search(qvecs[s:s + 256], k).rows for s in range(0, len(qvecs), 256)])
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(got, exact, strict=True)]))
+
+
+def evaluate_rankings(ranked: list[list[str]], queries: Sequence[str], judgments: Judgments) -> dict[str, Any]:
+    """Overall metrics, plus the title-answerable / auxiliary-only split when judgments carry it."""
+    out: dict[str, Any] = ranking_metrics(ranked, [judgments.relevant(q) for q in queries], RECALL_KS)
+    if judgments.has_split():
+        for subset, name in (("title", "title_answerable"), ("aux", "auxiliary_only")):
+            rel = [judgments.relevant(q, subset) for q in queries]
+            out[name] = ranking_metrics(ranked, rel, RECALL_KS)
+    return out
+
+
+def evaluate(
+    searcher: Searcher,
+    ids: Sequence[str],
+    encode: Any,
+    judgments: Judgments,
+    *,
+    served_k: int = 10,
+) -> dict[str, Any]:
+    """Encode the judged queries with `encode(list[str]) -> (Q, d)`, search, score."""
+    queries = judgments.queries
+    t0 = time.perf_counter()
+    qvecs = np.asarray(encode(queries), dtype=np.float32)
+    t1 = time.perf_counter()
+    ranked = ranked_ids(searcher, ids, qvecs, max(RECALL_KS))
+    t2 = time.perf_counter()
+    metrics = evaluate_rankings(ranked, queries, judgments)
+    metrics[f"ann_recall@{served_k}"] = ann_recall(searcher, searcher.vectors, qvecs, served_k)
+    metrics["latency"] = {
+        "encode_ms_per_query": 1000 * (t1 - t0) / max(1, len(queries)),
+        "search_ms_per_query": 1000 * (t2 - t1) / max(1, len(queries)),
+    }
+    return metrics

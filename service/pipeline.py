@@ -1,0 +1,293 @@
+"""`service build-index`: load -> featurise -> train -> embed -> index -> evaluate -> publish.
+
+Every stage is a function of its own (the CLI exposes them as commands too); `build_index` chains
+them and writes one versioned artifact (index/artifacts.py). The publish gate: when judgments are
+given and the metrics fall below the thresholds, the version is still written (with its report) but
+`current` is left exactly as it was and the build fails.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from index.artifacts import ArtifactStore, new_version_name
+from index.build import BuiltIndex, save_index
+from index.build import build_index as build_faiss
+from index.metadata import ListingRecord, write_listings
+from index.search import FaissCpuSearcher
+from model.catalog import Catalog, load_catalog
+from model.checkpoint import new_model, save_model
+from model.config import ImageConfig, ModelConfig, TextConfig, TowerConfig, TrainConfig
+from model.data import TrainingSet, build_training_set
+from model.diagnostics import modality_gap
+from model.embed import embed_listings, embed_queries, view_clouds
+from model.image import ImageFeaturizer, backbone_digest
+from model.interactions import Judgments, load_interactions, load_judgments
+from model.objectives import make_objective
+from model.text import TrunkCache, load_text_encoder, resolve_weights_dir, text_weights_digest
+from model.towers import TwoTower
+from model.train import Trainer, build_trunk, resolve_device, seed_everything
+from model.views import ViewTable, build_view_table
+from service.evaluation import evaluate
+
+log = logging.getLogger("service.build")
+
+
+class GateFailed(RuntimeError):
+    """The new version's metrics are below the publish thresholds; `current` was not touched."""
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    catalog: Path
+    artifacts: Path
+    interactions: Path | None = None
+    judgments: Path | None = None
+    objective: str = "ft"
+    epochs: int = TrainConfig.epochs
+    batch_size: int = TrainConfig.batch_size
+    device: str = "auto"
+    seed: int = 0
+    skip_bad_rows: bool = False
+    images_root: Path | None = None
+    columns: str | None = None
+    index_key: str = "auto"
+    text_weights: str = ""
+    image_weights: str = ""
+    dim: int = TowerConfig.dim
+    trainable_layers: int = TextConfig.trainable_layers
+    image_cache: Path | None = None  # default: DIR/cache/images
+    publish: bool = True
+    min_recall_at_100: float | None = None
+    min_ann_recall: float | None = None
+    progress: bool = True
+    version: str | None = None
+    keep_versions: int = 0  # 0 = keep all
+    train_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BuildResult:
+    version: str
+    path: Path
+    manifest: dict[str, Any]
+    published: bool
+
+
+@dataclass
+class Inputs:
+    catalog: Catalog
+    views: ViewTable
+    interactions: list[Any]
+    judgments: Judgments | None
+    reports: dict[str, Any]
+
+
+# ---------------------------------------------------------------------------------- stages
+
+
+def load_inputs(opts: BuildOptions) -> Inputs:
+    catalog = load_catalog(opts.catalog, skip_bad_rows=opts.skip_bad_rows, images_root=opts.images_root,
+                           column_map=opts.columns)
+    if not catalog.listings:
+        raise ValueError(f"{opts.catalog}: no usable listings ({catalog.report.n_rows} rows read)")
+    ids = {lst.id for lst in catalog.listings}
+    reports: dict[str, Any] = {"catalog": catalog.report.to_dict()}
+    interactions: list[Any] = []
+    if opts.interactions is not None:
+        interactions, rep = load_interactions(opts.interactions, ids, skip_bad_rows=opts.skip_bad_rows)
+        reports["interactions"] = rep.to_dict()
+    judgments = None
+    if opts.judgments is not None:
+        judgments = load_judgments(opts.judgments, ids, skip_bad_rows=opts.skip_bad_rows)
+        reports["judgments"] = judgments.report.to_dict()
+    return Inputs(catalog, build_view_table(catalog.listings), interactions, judgments, reports)
+
+
+def featurize_images(views: ViewTable, cfg: ImageConfig, device: torch.device, cache: Path | None,
+                     progress: bool) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """-> (features (n_images, F), ok (n_images,), report of unreadable images)."""
+    if not views.image_paths:
+        return np.zeros((0, cfg.feature_dim), np.float32), np.zeros(0, bool), {"images": 0, "unreadable": 0}
+    feat = ImageFeaturizer(cfg, device=device, cache_dir=cache)
+    res = feat.featurize([Path(p) for p in views.image_paths], progress=progress)
+    errors = [f"{views.image_paths[i]}: {why}" for i, why in sorted(res.errors.items())]
+    report = {"images": len(views.image_paths), "unreadable": len(errors), "unreadable_examples": errors[:20]}
+    return res.features, res.ok, report
+
+
+def model_config(opts: BuildOptions, objective_index_views: tuple[str, ...]) -> ModelConfig:
+    return ModelConfig(
+        text=TextConfig(weights_dir=opts.text_weights, trainable_layers=opts.trainable_layers),
+        image=ImageConfig(weights_path=opts.image_weights),
+        tower=TowerConfig(dim=opts.dim),
+        index_views=objective_index_views,
+    )
+
+
+def train_config(opts: BuildOptions) -> TrainConfig:
+    return TrainConfig(objective=opts.objective, epochs=opts.epochs, batch_size=opts.batch_size,
+                       seed=opts.seed, device=opts.device, **opts.train_overrides)
+
+
+def gap(model: TwoTower, tokenizer: Any, data: TrainingSet, device: torch.device, trunk: TrunkCache | None) -> dict[str, Any]:
+    clouds = view_clouds(model, tokenizer, data.views, data.slots, data.image_features, device, trunk=trunk)
+    return modality_gap(clouds)
+
+
+def train_stage(inputs: Inputs, features: np.ndarray, ok: np.ndarray, opts: BuildOptions,
+                device: torch.device) -> tuple[TwoTower, Any, TrainingSet, TrunkCache, dict[str, Any]]:
+    tcfg = train_config(opts)
+    seed_everything(tcfg.seed)
+    index_views = make_objective(tcfg.objective, opts.dim, tcfg).index_views
+    cfg = model_config(opts, index_views)
+    pretrained, tokenizer, _ = load_text_encoder(opts.text_weights or None)
+    model = new_model(cfg, pretrained, tcfg.seed)
+    data = build_training_set(inputs.catalog.listings, features, ok, inputs.views, inputs.interactions,
+                              max_other_images=cfg.tower.max_other_images,
+                              pseudo_per_item=tcfg.pseudo_queries_per_item, seed=tcfg.seed)
+    t0 = time.perf_counter()
+    trunk = build_trunk(model.to(device), tokenizer, data, device, opts.progress)
+    trunk_s = time.perf_counter() - t0
+    gap_before = gap(model, tokenizer, data, device, trunk)
+    trainer = Trainer(model, data, trunk, tcfg, device)
+    t0 = time.perf_counter()
+    history = trainer.fit(progress=opts.progress)
+    train_s = time.perf_counter() - t0
+    info = {
+        "train_config": tcfg.to_dict(),
+        "pairs": int(len(data.pair_item)),
+        "self_supervised": data.self_supervised,
+        "history": history.to_dict(),
+        "trunk_seconds": trunk_s,
+        "train_seconds": train_s,
+        "modality_gap": {"before": gap_before, "after": gap(model, tokenizer, data, device, trunk)},
+    }
+    return model, tokenizer, data, trunk, info
+
+
+def listing_records(catalog: Catalog) -> list[ListingRecord]:
+    return [
+        ListingRecord(row=i, id=lst.id, title=lst.title,
+                      image=lst.raw_images[0] if lst.raw_images else None,
+                      category=lst.category or None, price=lst.price, attributes=dict(lst.attributes))
+        for i, lst in enumerate(catalog.listings)
+    ]
+
+
+def index_stage(vectors: np.ndarray, opts: BuildOptions) -> BuiltIndex:
+    return build_faiss(vectors, opts.index_key, seed=opts.seed)
+
+
+def gate(metrics: dict[str, Any], opts: BuildOptions) -> list[str]:
+    """Reasons the version may not be published (empty: it may)."""
+    failures = []
+    r100 = metrics.get("recall@100")
+    if opts.min_recall_at_100 is not None and (r100 is None or not r100 >= opts.min_recall_at_100):
+        failures.append(f"recall@100 {r100} < --min-recall-at-100 {opts.min_recall_at_100}")
+    ann = next((v for k, v in metrics.items() if k.startswith("ann_recall@")), None)
+    if opts.min_ann_recall is not None and (ann is None or not ann >= opts.min_ann_recall):
+        failures.append(f"ann recall {ann} < --min-ann-recall {opts.min_ann_recall}")
+    return failures
+
+
+# ---------------------------------------------------------------------------------- the build
+
+
+def build_index(opts: BuildOptions) -> BuildResult:
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    device = resolve_device(opts.device)
+    inputs = load_inputs(opts)
+    timings["load_s"] = time.perf_counter() - started
+    log.info("catalog: %d listings loaded, %d rejected", len(inputs.catalog), len(inputs.catalog.report.rejected))
+
+    store = ArtifactStore(opts.artifacts)
+    t = time.perf_counter()
+    icfg = ImageConfig(weights_path=opts.image_weights)
+    cache = opts.image_cache or (opts.artifacts / "cache" / "images")
+    features, ok, image_report = featurize_images(inputs.views, icfg, device, cache, opts.progress)
+    inputs.reports["images"] = image_report
+    timings["images_s"] = time.perf_counter() - t
+
+    model, tokenizer, data, trunk, train_info = train_stage(inputs, features, ok, opts, device)
+    timings["train_s"] = train_info.pop("train_seconds")
+    timings["trunk_s"] = train_info.pop("trunk_seconds")
+
+    t = time.perf_counter()
+    vectors = embed_listings(model, tokenizer, data.views, data.slots, features, device, trunk=trunk,
+                             progress=opts.progress)
+    timings["embed_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    built = index_stage(vectors, opts)
+    timings["index_s"] = time.perf_counter() - t
+
+    metrics: dict[str, Any] = {}
+    if inputs.judgments is not None:
+        t = time.perf_counter()
+        searcher = FaissCpuSearcher(built.index, vectors, built.params)
+        metrics = evaluate(searcher, data.views.ids, lambda qs: embed_queries(model, tokenizer, qs, device),
+                           inputs.judgments)
+        timings["eval_s"] = time.perf_counter() - t
+
+    text_dir = resolve_weights_dir(opts.text_weights or None)
+    version = opts.version or new_version_name()
+    with store.stage(version) as staged:
+        digest = save_model(model, staged.path / "model.safetensors")
+        shutil.copyfile(text_dir / "tokenizer.json", staged.path / "tokenizer.json")
+        save_index(built.index, str(staged.path / "index.faiss"))
+        np.save(staged.path / "vectors.npy", vectors.astype(np.float16))
+        write_listings(staged.path / "listings.sqlite", listing_records(inputs.catalog))
+        report = {"inputs": inputs.reports, "training": train_info, "timings": timings, "metrics": metrics}
+        (staged.path / "report.json").write_text(json.dumps(report, indent=2, default=float))
+        timings["total_s"] = time.perf_counter() - started
+        failures = gate(metrics, opts)
+        manifest = {
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "objective": opts.objective,
+            "model_digest": digest,
+            "model_config": dataclasses.asdict(model.cfg),
+            "train_config": train_info["train_config"],
+            "text_base_digest": text_weights_digest(opts.text_weights or None),
+            "image_backbone_digest": backbone_digest(icfg) if data.views.image_paths else None,
+            "catalog": {"path": str(opts.catalog), "sha256": inputs.catalog.report.sha256,
+                        "rows": inputs.catalog.report.n_rows, "rejected": len(inputs.catalog.report.rejected)},
+            "n_items": int(vectors.shape[0]),
+            "dim": int(vectors.shape[1]),
+            "index_key": built.key,
+            "index_params": built.params,
+            "metrics": metrics,
+            "modality_gap": train_info["modality_gap"],
+            "timings": timings,
+            "gate": {"passed": not failures, "failures": failures},
+        }
+        path = store.commit(staged, manifest)
+    manifest = store.manifest(version)
+    if failures:
+        raise GateFailed(f"version {version} written to {path} but NOT published: " + "; ".join(failures))
+    published = False
+    if opts.publish:
+        store.publish(version)
+        published = True
+        if opts.keep_versions:
+            store.retain(opts.keep_versions)
+    return BuildResult(version, path, manifest, published)
+
+
+def build_options(**kwargs: Any) -> BuildOptions:
+    """BuildOptions from CLI values, turning path strings into Paths."""
+    for key in ("catalog", "artifacts", "interactions", "judgments", "images_root", "image_cache"):
+        if kwargs.get(key) is not None:
+            kwargs[key] = Path(kwargs[key])
+    return BuildOptions(**kwargs)

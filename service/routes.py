@@ -1,0 +1,143 @@
+"""HTTP routes: /search (POST and GET), /healthz, /readyz, /metrics, /admin/reload."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse, Response
+
+from index.filters import Filter
+from service.engine import SearchRequest
+from service.errors import AdminDisabled, InvalidRequest, NotReady, ReloadFailed, Unauthorized
+from service.schemas import ErrorResponse, ReloadBody, SearchBody, SearchFilters, SearchHit, SearchResponse
+from service.state import ServiceState, State
+
+router = APIRouter()
+ERRORS = {code: {"model": ErrorResponse} for code in (413, 422, 429, 503, 504)}
+GET_PARAMS = {"q", "k", "offset", "category", "price_min", "price_max"}
+
+
+def to_request(state: ServiceState, query: str, k: int, offset: int, filters: SearchFilters | None) -> SearchRequest:
+    """Validate against the configured limits (422 with a message naming the field)."""
+    s = state.settings
+    text = " ".join(query.split())
+    if not text:
+        raise InvalidRequest("query: must not be empty")
+    if len(query) > s.max_query_chars:
+        raise InvalidRequest(f"query: {len(query)} characters, the limit is {s.max_query_chars}")
+    if not 1 <= k <= s.max_k:
+        raise InvalidRequest(f"k: {k} is outside 1..{s.max_k}")
+    if not 0 <= offset <= s.max_offset:
+        raise InvalidRequest(f"offset: {offset} is outside 0..{s.max_offset}")
+    flt = Filter()
+    if filters is not None:
+        n_values = len(filters.category or []) + sum(
+            1 if isinstance(v, str) else len(v) for v in (filters.attributes or {}).values())
+        if n_values > s.max_filter_values:
+            raise InvalidRequest(f"filters: {n_values} values, the limit is {s.max_filter_values}")
+        price = filters.price
+        try:
+            flt = Filter.build(filters.category, filters.attributes,
+                               price.min if price else None, price.max if price else None)
+        except ValueError as e:
+            raise InvalidRequest(f"filters.{e}") from None
+    return SearchRequest(text, k, offset, flt)
+
+
+async def run_search(state: ServiceState, req: SearchRequest) -> SearchResponse:
+    if not state.warmed or state.shutting_down:
+        raise NotReady("the service is not ready")
+    start = time.perf_counter()
+    hits, model_version, index_version = await state.batcher.submit(req)
+    return SearchResponse(
+        results=[SearchHit(id=h.id, score=h.score, title=h.title, image=h.image) for h in hits],
+        model_version=model_version, index_version=index_version,
+        took_ms=round((time.perf_counter() - start) * 1000, 3),
+    )
+
+
+@router.post("/search", response_model=SearchResponse, response_model_exclude_none=True, responses=ERRORS)
+async def search_post(body: SearchBody, state: State) -> SearchResponse:
+    return await run_search(state, to_request(state, body.query, body.k, body.offset, body.filters))
+
+
+@router.get("/search", response_model=SearchResponse, response_model_exclude_none=True, responses=ERRORS)
+async def search_get(
+    request: Request,
+    state: State,
+    q: str,
+    k: int = 10,
+    offset: int = 0,
+    category: Annotated[list[str] | None, Header(include_in_schema=False)] = None,
+    price_min: float | None = None,
+    price_max: float | None = None,
+) -> SearchResponse:
+    unknown = sorted(set(request.query_params) - GET_PARAMS)
+    if unknown:
+        raise InvalidRequest(f"unknown query parameter(s): {', '.join(unknown)}")
+    categories = request.query_params.getlist("category") or None
+    price = {"min": price_min, "max": price_max} if price_min is not None or price_max is not None else None
+    try:
+        filters = SearchFilters(category=categories, price=price) if categories or price else None
+    except ValueError as e:
+        raise InvalidRequest(f"filters: {str(e).splitlines()[-1].strip()}") from None
+    return await run_search(state, to_request(state, q, k, offset, filters))
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """Liveness: the process and its event loop answer."""
+    return {"status": "alive"}
+
+
+@router.get("/readyz", responses={503: {"model": ErrorResponse}})
+async def readyz(state: State) -> JSONResponse:
+    """Readiness: model and index loaded and warmed, not shutting down."""
+    engine = state.engine
+    if not state.warmed or not engine.ready or state.shutting_down:
+        reason = "shutting down" if state.shutting_down else (state.load_error or "loading")
+        return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
+    lv = engine.current
+    return JSONResponse({
+        "status": "ready",
+        "model_version": lv.model_version,
+        "index_version": lv.version,
+        "items": lv.n_items,
+        "placement": {"encoder": str(lv.encoder.device), "index": lv.searcher.placement},
+        "index_key": lv.manifest.get("index_key"),
+        "last_reload_error": engine.last_reload_error,
+    })
+
+
+@router.get("/metrics")
+async def metrics(state: State) -> Response:
+    state.metrics.queue_depth.set(state.batcher.depth)
+    return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def check_admin(state: ServiceState, authorization: str | None) -> None:
+    token = state.settings.admin_token
+    if token is None:
+        raise AdminDisabled("not found")
+    given = (authorization or "").removeprefix("Bearer ").strip()
+    if not authorization or not authorization.startswith("Bearer ") or not hmac.compare_digest(
+        given.encode(), token.get_secret_value().encode()
+    ):
+        raise Unauthorized("a valid bearer token is required")
+
+
+@router.post("/admin/reload", include_in_schema=True, responses={401: {"model": ErrorResponse}})
+async def admin_reload(state: State, body: ReloadBody | None = None,
+                       authorization: Annotated[str | None, Header()] = None) -> dict[str, str]:
+    check_admin(state, authorization)
+    from service.app import reload_version  # late: app imports routes
+
+    try:
+        lv = await asyncio.to_thread(reload_version, state, body.version if body else None)
+    except Exception as e:  # noqa: BLE001 - the old version keeps serving
+        raise ReloadFailed(f"reload failed, still serving the previous version: {e}") from None
+    return {"status": "reloaded", "index_version": lv.version, "model_version": lv.model_version}

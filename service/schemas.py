@@ -1,0 +1,60 @@
+"""Request and response bodies of the HTTP API (unknown fields are rejected everywhere)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator
+
+Number = StrictInt | StrictFloat
+
+
+class PriceFilter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    min: Annotated[Number | None, Field(ge=0, allow_inf_nan=False)] = None
+    max: Annotated[Number | None, Field(ge=0, allow_inf_nan=False)] = None
+
+
+class SearchFilters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    category: list[StrictStr] | None = Field(None, description="any of these categories")
+    attributes: dict[StrictStr, StrictStr | list[StrictStr]] | None = Field(
+        None, description="attribute key -> required value (or any of a list of values)")
+    price: PriceFilter | None = None
+
+    @field_validator("category", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: object) -> object:
+        return [v] if isinstance(v, str) else v
+
+
+class SearchBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    query: StrictStr = Field(description="the shopper's query")
+    k: StrictInt = Field(10, description="number of results (1..max_k)")
+    offset: StrictInt = Field(0, description="results to skip, for pagination (0..max_offset)")
+    filters: SearchFilters | None = None
+
+
+class SearchHit(BaseModel):
+    id: str
+    score: float
+    title: str
+    image: str | None = None
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchHit]
+    model_version: str
+    index_version: str
+    took_ms: float
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    message: str
+
+
+class ReloadBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: StrictStr | None = Field(None, description="version to load (default: DIR/current)")

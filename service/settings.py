@@ -1,0 +1,57 @@
+"""Service settings: environment variables with the `SERVICE_` prefix (or keyword arguments).
+
+Never built at import time: `create_app(settings)` receives one; `Settings()` reads the environment.
+Every path, limit and device is here, so a deployment changes behaviour without code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SERVICE_", extra="forbid", frozen=True)
+
+    # --- artifacts
+    artifacts: Path = Field(Path("var/artifacts"), description="artifact folder (DIR with versions/ and current)")
+    version: str | None = Field(None, description="serve this version instead of following DIR/current")
+    reload_poll_s: float = Field(5.0, ge=0, description="poll DIR/current every N s for a new version (0: off)")
+    verify_checksums: bool = Field(True, description="refuse a version whose files fail their sha256")
+
+    # --- placement
+    encoder_device: str = Field("auto", description="auto | cpu | cuda")
+    index_device: str = Field("auto", description="auto | cpu | cuda | faiss-cpu | faiss-gpu | torch-cuda")
+    torch_threads: int = Field(0, ge=0, description="intra-op threads for the CPU encoder (0: torch default)")
+
+    # --- HTTP
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    image_base_url: str = Field("/images/", description="prefix for image URLs in responses")
+    image_root: Path | None = Field(None, description="serve catalog images under /images from here (demo)")
+    cors_origins: list[str] = Field(default_factory=list, description="allowed CORS origins (closed by default)")
+    admin_token: SecretStr | None = Field(None, description="bearer token for /admin/*; unset = admin endpoints off")
+
+    # --- limits
+    max_k: int = Field(500, ge=1, le=10_000)
+    max_offset: int = Field(1_000, ge=0)
+    max_query_chars: int = Field(256, ge=1)
+    max_body_bytes: int = Field(16_384, ge=256)
+    max_filter_values: int = Field(64, ge=1)
+
+    # --- batching
+    max_batch: int = Field(32, ge=1, le=4096)
+    max_wait_us: int = Field(500, ge=0, description="how long a batch waits for company (microseconds)")
+    max_queue: int = Field(1_024, ge=1, description="queued requests beyond this get 429")
+    request_timeout_ms: int = Field(2_000, ge=1, description="per-request deadline (504 after it)")
+
+    # --- warm-up and logs
+    warmup_queries: int = Field(16, ge=0)
+    log_level: str = "info"
+
+    @field_validator("image_base_url")
+    @classmethod
+    def _slash(cls, v: str) -> str:
+        return v if v.endswith("/") else v + "/"

@@ -1,0 +1,32 @@
+"""The per-app state object and its dependency alias (overridable in tests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.batcher import MicroBatcher
+from service.engine import Engine
+from service.metrics import Metrics
+from service.settings import Settings
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    engine: Engine
+    metrics: Metrics
+    batcher: MicroBatcher
+    warmed: bool = False
+    shutting_down: bool = False
+    load_error: str | None = None
+    background: list = field(default_factory=list)
+
+
+def get_state(request: Request) -> ServiceState:
+    return request.app.state.svc
+
+
+State = Annotated[ServiceState, Depends(get_state)]

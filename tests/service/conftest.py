@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import Settings
+
+
+def wait_ready(client: TestClient, timeout: float = 60.0) -> dict:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        r = client.get("/readyz")
+        if r.status_code == 200:
+            return r.json()
+        time.sleep(0.05)
+    raise AssertionError(f"not ready after {timeout}s: {client.get('/readyz').json()}")
+
+
+@pytest.fixture(scope="module")
+def client(tiny_build) -> Iterator[TestClient]:
+    settings = Settings(artifacts=tiny_build.path.parent.parent, reload_poll_s=0, admin_token="s3cret",
+                        image_base_url="https://cdn.example/img", max_k=50, max_query_chars=64)
+    with TestClient(create_app(settings)) as c:
+        wait_ready(c)
+        yield c

@@ -1,0 +1,157 @@
+"""End to end: tiny generated catalog -> build-index (1-2 epochs on CPU) -> app under TestClient.
+
+Retrieval is checked for real: title queries find their listing, the trained model is at least as
+good as the untrained one on the catalog's judgments, and a shuffled-ids negative control is far
+worse. Every 4xx path of the API is exercised."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from index.artifacts import ArtifactStore
+
+
+def test_build_publishes_a_complete_version(tiny_build) -> None:
+    m = tiny_build.manifest
+    assert tiny_build.published
+    for key in ("version", "created", "objective", "model_digest", "n_items", "dim", "index_key", "files", "metrics"):
+        assert key in m, key
+    assert set(m["files"]) >= {"model.safetensors", "tokenizer.json", "index.faiss", "vectors.npy", "listings.sqlite"}
+    assert {"recall@10", "recall@100", "ndcg@10", "mrr@10"} <= set(m["metrics"])
+    assert "title_answerable" in m["metrics"] and "auxiliary_only" in m["metrics"]
+    assert m["modality_gap"]["before"] and m["modality_gap"]["after"]
+    store = ArtifactStore(tiny_build.path.parent.parent)
+    assert store.current_version() == tiny_build.version
+    store.verify(tiny_build.version)
+
+
+def test_ready_health_and_metrics(client) -> None:
+    assert client.get("/healthz").json() == {"status": "alive"}
+    ready = client.get("/readyz").json()
+    assert ready["status"] == "ready" and ready["items"] > 0
+    assert ready["placement"] == {"encoder": "cpu", "index": "faiss-cpu"}
+    client.post("/search", json={"query": "mug"})
+    text = client.get("/metrics").text
+    assert 'http_requests_total{method="POST",route="/search",status="200"}' in text
+    assert "http_request_duration_seconds_bucket" in text
+    assert 'search_stage_seconds_count{stage="encode"}' in text
+    assert "index_items " in text and "service_build_info{" in text and "search_batch_size_bucket" in text
+
+
+def test_title_queries_find_their_listing(client, tiny_sample: Path) -> None:
+    rows = [json.loads(line) for line in (tiny_sample / "catalog.jsonl").read_text().splitlines()]
+    titles: dict[str, list[str]] = {}
+    for r in rows:
+        titles.setdefault(r["title"].lower(), []).append(r["id"])
+    specific = [(t, ids) for t, ids in titles.items() if len(ids) == 1][:25]
+    found = 0
+    for title, ids in specific:
+        body = client.post("/search", json={"query": title, "k": 10}).json()
+        found += ids[0] in [h["id"] for h in body["results"]]
+    assert found / len(specific) >= 0.8, (found, len(specific))
+
+
+def test_trained_beats_untrained_and_shuffled_control(tiny_build, tiny_builder, tiny_sample: Path, tmp_path: Path) -> None:
+    from service.evaluate_cmd import evaluate_version
+
+    untrained = tiny_builder(tiny_sample, tmp_path / "zero", epochs=0, publish=False)
+    trained = tiny_build.manifest["metrics"]
+    zero = untrained.manifest["metrics"]
+    assert trained["ndcg@10"] >= zero["ndcg@10"] and trained["recall@10"] >= zero["recall@10"], (trained, zero)
+    # `service eval` on an unpublished version gives the build's own numbers
+    again = evaluate_version(tmp_path / "zero", untrained.version, tiny_sample / "judgments.jsonl", device="cpu")
+    assert again["ndcg@10"] == pytest.approx(zero["ndcg@10"], abs=1e-6)
+    # negative control: the same index with listing ids shuffled must score far lower
+    from index.build import load_index
+    from index.metadata import ListingStore
+    from index.search import FaissCpuSearcher
+    from model.interactions import load_judgments
+    from model.query_encoder import QueryEncoder
+    from service.evaluation import evaluate
+
+    folder = tiny_build.path
+    ids = ListingStore(folder / "listings.sqlite").ids()
+    shuffled = ids[:]
+    random.Random(0).shuffle(shuffled)
+    searcher = FaissCpuSearcher(load_index(str(folder / "index.faiss")), np.load(folder / "vectors.npy"))
+    enc = QueryEncoder(folder / "model.safetensors", folder / "tokenizer.json")
+    control = evaluate(searcher, shuffled, enc.encode, load_judgments(tiny_sample / "judgments.jsonl"))
+    assert control["ndcg@10"] < 0.5 * trained["ndcg@10"], (control["ndcg@10"], trained["ndcg@10"])
+
+
+def test_search_response_shape_get_and_filters(client) -> None:
+    body = client.post("/search", json={"query": "red mug", "k": 5}).json()
+    assert set(body) == {"results", "model_version", "index_version", "took_ms"}
+    assert len(body["results"]) == 5
+    hit = body["results"][0]
+    assert set(hit) <= {"id", "score", "title", "image"} and isinstance(hit["score"], float)
+    images = [h["image"] for h in body["results"] if "image" in h]
+    assert images and all(i.startswith("https://cdn.example/img/") for i in images)
+    got = client.get("/search", params={"q": "red mug", "k": 5}).json()
+    assert [h["id"] for h in got["results"]] == [h["id"] for h in body["results"]]
+    scores = [h["score"] for h in body["results"]]
+    assert scores == sorted(scores, reverse=True)
+    # category filter: every hit is in the category; pagination continues the same ranking
+    flt = client.post("/search", json={"query": "gift", "k": 10, "filters": {"category": ["mug"]}}).json()
+    assert flt["results"]
+    first = client.post("/search", json={"query": "gift", "k": 4, "filters": {"category": "mug"}}).json()
+    page2 = client.post("/search", json={"query": "gift", "k": 4, "offset": 4, "filters": {"category": "mug"}}).json()
+    assert [h["id"] for h in first["results"] + page2["results"]] == [h["id"] for h in flt["results"]][:8]
+    cheap = client.get("/search", params={"q": "gift", "price_max": 15}).json()
+    assert cheap["results"]
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"query": ""}, "query: must not be empty"),
+        ({"query": "   "}, "query: must not be empty"),
+        ({"query": "x" * 65}, "query: 65 characters, the limit is 64"),
+        ({"query": "mug", "k": 0}, "k: 0 is outside 1..50"),
+        ({"query": "mug", "k": 51}, "k: 51 is outside 1..50"),
+        ({"query": "mug", "k": "10"}, "k: Input should be a valid integer"),
+        ({"query": "mug", "offset": -1}, "offset: -1 is outside"),
+        ({"query": "mug", "colour": "red"}, "colour: Extra inputs are not permitted"),
+        ({"query": "mug", "filters": {"colour": "red"}}, "filters.colour: Extra inputs are not permitted"),
+        ({"query": "mug", "filters": {"price": {"min": 5, "max": 1}}}, "min 5 is greater than max 1"),
+        ({"query": "mug", "filters": {"price": {"min": -1}}}, "greater than or equal to 0"),
+        ({"k": 3}, "query: Field required"),
+        ({"query": 5}, "query: Input should be a valid string"),
+    ],
+)
+def test_bad_requests_get_422_with_a_message(client, body: dict, fragment: str) -> None:
+    r = client.post("/search", json=body)
+    assert r.status_code == 422, r.text
+    assert fragment in r.json()["message"], r.json()
+
+
+def test_other_4xx_paths(client) -> None:
+    r = client.post("/search", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "JSON" in r.json()["message"]
+    r = client.get("/search", params={"q": "mug", "colour": "red"})
+    assert r.status_code == 422 and "unknown query parameter(s): colour" in r.json()["message"]
+    r = client.get("/search", params={"q": "mug", "k": 1000})
+    assert r.status_code == 422
+    r = client.post("/search", json={"query": "x" * 40_000})
+    assert r.status_code == 413 and r.json()["error"] == "payload_too_large"
+    assert client.post("/admin/reload").status_code == 401
+    assert client.post("/admin/reload", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    r = client.get("/nope")
+    assert r.status_code == 404
+    assert "x-request-id" in r.headers
+    for resp in (client.post("/search", json={"query": ""}), client.get("/search", params={"q": ""})):
+        assert "Traceback" not in resp.text and "/work" not in resp.text and "/tmp" not in resp.text
+
+
+def test_admin_reload_with_token(client, tiny_build) -> None:
+    r = client.post("/admin/reload", headers={"Authorization": "Bearer s3cret"}, json={"version": tiny_build.version})
+    assert r.status_code == 200 and r.json()["index_version"] == tiny_build.version
+    bad = client.post("/admin/reload", headers={"Authorization": "Bearer s3cret"}, json={"version": "nope"})
+    assert bad.status_code == 409 and "still serving" in bad.json()["message"]
+    assert client.get("/readyz").json()["last_reload_error"]
+    assert client.post("/search", json={"query": "mug"}).status_code == 200
