@@ -43,12 +43,18 @@ def ann_recall(searcher: Searcher, vectors: np.ndarray, qvecs: np.ndarray, k: in
 
 
 def evaluate_rankings(ranked: list[list[str]], queries: Sequence[str], judgments: Judgments) -> dict[str, Any]:
-    """Overall metrics, plus the title-answerable / auxiliary-only split when judgments carry it."""
+    """Overall metrics, plus the title-answerable / auxiliary-only split when judgments carry it.
+
+    A split scores only its own relevant listings; relevant listings of the OTHER split are removed
+    from the ranking first (a condensed list), so a model is not charged for ranking a listing
+    that is relevant, just answerable another way, above one of this split's listings."""
     out: dict[str, Any] = ranking_metrics(ranked, [judgments.relevant(q) for q in queries], RECALL_KS)
     if judgments.has_split():
-        for subset, name in (("title", "title_answerable"), ("aux", "auxiliary_only")):
+        for subset, other, name in (("title", "aux", "title_answerable"), ("aux", "title", "auxiliary_only")):
             rel = [judgments.relevant(q, subset) for q in queries]
-            out[name] = ranking_metrics(ranked, rel, RECALL_KS)
+            drop = [judgments.relevant(q, other).keys() for q in queries]
+            condensed = [[i for i in r if i not in d] for r, d in zip(ranked, drop, strict=True)]
+            out[name] = ranking_metrics(condensed, rel, RECALL_KS)
     return out
 
 

@@ -29,6 +29,7 @@ from index.search import FaissCpuSearcher
 from model.catalog import Catalog, load_catalog
 from model.checkpoint import new_model, save_model
 from model.config import ImageConfig, ModelConfig, TextConfig, TowerConfig, TrainConfig
+from model.crossview import leave_one_view_out, slot_embeddings
 from model.data import TrainingSet, build_training_set
 from model.diagnostics import modality_gap
 from model.embed import embed_listings, embed_queries, view_clouds
@@ -42,6 +43,8 @@ from model.views import ViewTable, build_view_table
 from service.evaluation import evaluate
 
 log = logging.getLogger("service.build")
+# Above this many listings the per-view embeddings are not all held at once (cross-view skipped).
+CROSSVIEW_MAX_ITEMS = 200_000
 
 
 class GateFailed(RuntimeError):
@@ -226,8 +229,17 @@ def build_index(opts: BuildOptions) -> BuildResult:
     timings["trunk_s"] = train_info.pop("trunk_seconds")
 
     t = time.perf_counter()
-    vectors = embed_listings(model, tokenizer, data.views, data.slots, features, device, trunk=trunk,
-                             progress=opts.progress)
+    crossview: dict[str, Any] = {}
+    if len(data.views) <= CROSSVIEW_MAX_ITEMS:
+        z = slot_embeddings(model, tokenizer, data.views, data.slots, features, device, trunk=trunk)  # (n, S, d)
+        st = torch.tensor(data.slots.types)
+        with torch.inference_mode():
+            vectors = model.cpu().fuse(z, torch.from_numpy(data.slots.present), st).numpy()
+        crossview = leave_one_view_out(model, z, data.slots.present, data.slots.types, seed=opts.seed)
+        del z
+    else:  # too large to hold every view: embed in chunks, skip the cross-view diagnostic
+        vectors = embed_listings(model, tokenizer, data.views, data.slots, features, device, trunk=trunk,
+                                 progress=opts.progress)
     timings["embed_s"] = time.perf_counter() - t
     t = time.perf_counter()
     built = index_stage(vectors, opts)
@@ -240,6 +252,8 @@ def build_index(opts: BuildOptions) -> BuildResult:
         metrics = evaluate(searcher, data.views.ids, lambda qs: embed_queries(model, tokenizer, qs, device),
                            inputs.judgments)
         timings["eval_s"] = time.perf_counter() - t
+    if crossview:
+        metrics["cross_view"] = crossview
 
     text_dir = resolve_weights_dir(opts.text_weights or None)
     version = opts.version or new_version_name()

@@ -58,7 +58,7 @@ def test_filtered_search_matches_brute_force(data, key: str, selectivity: float,
     assert np.all(allowed[res.rows[res.rows >= 0]])
     n_ok = int(allowed.sum())
     assert np.all((res.rows >= 0).sum(1) == min(10, n_ok))  # k results whenever k rows match
-    overlap = np.mean([len(set(a[a >= 0]) & set(b[b >= 0])) / max(1, min(10, n_ok)) for a, b in zip(res.rows, want)])
+    overlap = np.mean([len(set(a[a >= 0]) & set(b[b >= 0])) / max(1, min(10, n_ok)) for a, b in zip(res.rows, want, strict=True)])
     assert overlap >= (1.0 if key == "Flat" else 0.9)
 
 
