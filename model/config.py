@@ -114,7 +114,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    amp: bool = True  # autocast on CUDA only
+    # bf16 autocast on CUDA and on CPUs with native bf16 (AMX / AVX512-BF16); fp32 elsewhere.
+    amp: bool = True
     # Weights of the loss terms (see model/objectives/).
     cross_view_weight: float = 0.5
     transport_weight: float = 0.1

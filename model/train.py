@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from model.config import IMAGE_VIEWS, TEXT_VIEWS, TrainConfig
 from model.data import TrainingSet
+from model.distributed import DistContext
 from model.objectives import Objective, ViewBatch, make_objective
-from model.objectives.contrastive import same_from_ids
 from model.text import TrunkCache
 from model.towers import TwoTower
 from model.views import KIND_QUERY, KIND_TITLE
@@ -37,6 +38,21 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device: {name!r} asked for, but torch sees no CUDA device")
     return torch.device(name)
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU multiplies bf16 natively (AMX or AVX512-BF16): autocast then pays
+    (measured 4x on a 384x1536 linear, 1.6x on a whole training step; docs/PERFORMANCE.md)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("amx_bf16", "avx512_bf16"))
+
+
+def autocast_enabled(cfg: TrainConfig, device: torch.device) -> bool:
+    return cfg.amp and (device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16()))
 
 
 def seed_everything(seed: int) -> None:
@@ -75,18 +91,31 @@ class TrainHistory:
 class Trainer:
     """Holds the model, objective, optimiser and data for one run; `fit()` trains."""
 
-    def __init__(self, model: TwoTower, data: TrainingSet, trunk: TrunkCache, cfg: TrainConfig, device: torch.device):
+    def __init__(self, model: TwoTower, data: TrainingSet, trunk: TrunkCache, cfg: TrainConfig, device: torch.device,
+                 dist: DistContext | None = None):
         self.model, self.data, self.trunk, self.cfg, self.device = model, data, trunk, cfg, device
+        self.dist = dist or DistContext()
         self.objective: Objective = make_objective(cfg.objective, model.cfg.tower.dim, cfg).to(device)
         self.model.to(device)
         self.model.encoder.freeze_bottom(model.cfg.text.trainable_layers)
+        # One module for the step so DistributedDataParallel sees (and averages) every parameter.
+        self.step_module: nn.Module = _StepModule(self)
+        if self.dist.enabled:
+            if cfg.batch_size % self.dist.world:
+                raise ValueError(f"batch_size: {cfg.batch_size} does not split over {self.dist.world} ranks")
+            ids = [device.index] if device.type == "cuda" else None
+            self.step_module = DistributedDataParallel(self.step_module, device_ids=ids, find_unused_parameters=True)
         self.n_frozen = model.n_layers - model.cfg.text.trainable_layers
         self.slot_types = torch.tensor(data.slots.types, device=device)
         self.features = torch.from_numpy(data.image_features).to(device)  # (n_images, F)
-        self.gen = torch.Generator(device=device).manual_seed(cfg.seed)
+        # Same seed on every rank: the epoch order and the view-sampling draws are global.
+        self.gen = torch.Generator().manual_seed(cfg.seed)
         self.np_rng = np.random.default_rng(cfg.seed)
         self.optimizer = torch.optim.AdamW(self.param_groups(), weight_decay=cfg.weight_decay)
-        self.steps_per_epoch = max(1, math.ceil(len(data.pair_item) / cfg.batch_size))
+        n_pairs = len(data.pair_item)
+        # Across ranks every global batch must split evenly: the last partial batch is dropped.
+        per_epoch = n_pairs // cfg.batch_size if self.dist.enabled else math.ceil(n_pairs / cfg.batch_size)
+        self.steps_per_epoch = max(1, per_epoch)
         self.total_steps = max(1, self.steps_per_epoch * cfg.epochs)
         warmup = max(1, int(cfg.warmup_frac * self.total_steps))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -133,13 +162,14 @@ class Trainer:
         inverse[order] = torch.arange(len(order))
         return pooled_sorted[inverse.to(self.device)]
 
-    def make_batch(self, idx: np.ndarray) -> ViewBatch:
+    def make_batch(self, idx: np.ndarray, uniform: Tensor) -> tuple[ViewBatch, Tensor]:
+        """Encode this process's pairs -> (local ViewBatch with raw pair weights, item ids)."""
         d = self.data
         items = torch.from_numpy(d.pair_item[idx]).to(self.device)  # (B,)
         present = torch.from_numpy(d.slots.present[d.pair_item[idx]]).to(self.device)  # (B, S)
         rows = torch.from_numpy(d.slots.rows[d.pair_item[idx]]).to(self.device)  # (B, S)
         weights = self.model.fusion.slot_weights(present, self.slot_types)  # (B, S) differentiable
-        encode, aux = self.objective.select_views(present, weights, self.slot_types, self.gen)
+        encode, aux = self.objective.select_views(present, weights, self.slot_types, uniform.to(self.device))
         B, S = present.shape
         self.history.encoded_slots += int(encode.sum()) + B
         # Texts: the queries and every encoded text slot go through the top layers in ONE call.
@@ -160,19 +190,22 @@ class Trainer:
                 feats = self.features[rows[sel_b, sel_s]]  # (Ni, F)
                 views[sel_b, sel_s] = self.model.project_image(v, feats).to(views.dtype)
         pw = torch.from_numpy(d.pair_weight[idx]).to(self.device)
-        return ViewBatch(
+        batch = ViewBatch(
             query=query, views=views, encoded=encode, present=present, weights=weights,
-            slot_types=self.slot_types, aux=aux, same=same_from_ids(items),
-            pair_weight=pw / pw.mean(), logit_scale=self.model.scale(),
+            slot_types=self.slot_types, aux=aux, same=torch.zeros(0, 0, dtype=torch.bool),
+            pair_weight=pw, logit_scale=self.model.scale(),
         )
+        return batch, items
 
     def step(self, idx: np.ndarray) -> dict[str, float]:
+        """One optimiser step on the GLOBAL batch `idx` (each rank encodes its own slice)."""
         self.model.train()
         self.objective.train()
-        use_amp = self.cfg.amp and self.device.type == "cuda"
+        uniform = torch.rand(len(idx), generator=self.gen)  # (B,) one draw per pair, same on all ranks
+        local = self.dist.local_slice(len(idx)) if self.dist.enabled else slice(None)
+        use_amp = autocast_enabled(self.cfg, self.device)
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-            batch = self.make_batch(idx)
-            loss, parts = self.objective(batch)
+            loss, parts, scale = self.step_module(idx[local], uniform[local])
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {float(loss)} at step {self.history.steps}: {parts}")
         self.optimizer.zero_grad(set_to_none=True)
@@ -182,7 +215,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.history.steps += 1
-        return {"loss": float(loss.detach()), **parts, "scale": float(batch.logit_scale.detach())}
+        return {"loss": float(loss.detach()), **parts, "scale": float(scale.detach())}
 
     # ------------------------------------------------------------------ epochs
 
@@ -216,7 +249,7 @@ class Trainer:
             if on_epoch is not None:
                 record |= on_epoch(self.epoch, self.model)
             self.history.epochs.append(record)
-            if checkpoint is not None:
+            if checkpoint is not None and self.dist.is_main:
                 self.save_state(checkpoint)
         if bar is not None:
             bar.close()
@@ -266,6 +299,22 @@ class Trainer:
         self.history = TrainHistory(**hist)
         self.epoch = int(meta["epoch"])
         return True
+
+
+class _StepModule(nn.Module):
+    """Encode the local pairs, gather the global batch, compute the objective's loss."""
+
+    def __init__(self, trainer: Trainer):
+        super().__init__()
+        self.model, self.objective = trainer.model, trainer.objective
+        self._trainer = [trainer]  # a list: not registered as a submodule
+
+    def forward(self, idx: np.ndarray, uniform: Tensor) -> tuple[Tensor, dict[str, float], Tensor]:
+        trainer = self._trainer[0]
+        local, ids = trainer.make_batch(idx, uniform)
+        batch = trainer.dist.gather_batch(local, ids)
+        loss, parts = self.objective(batch)
+        return loss, parts, batch.logit_scale
 
 
 def _progress(total: int, enabled: bool, initial: int = 0) -> Any:

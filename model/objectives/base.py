@@ -69,9 +69,12 @@ class Objective(nn.Module):
     index_views: tuple[str, ...] = VIEW_TYPES
 
     def select_views(
-        self, present: Tensor, weights: Tensor, slot_types: Tensor, gen: torch.Generator
+        self, present: Tensor, weights: Tensor, slot_types: Tensor, uniform: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """-> (encode (B, S) bool, aux (B,) long, -1 where none)."""
+        """-> (encode (B, S) bool, aux (B,) long, -1 where none).
+
+        `uniform` (B,) holds one U[0, 1) draw per pair, made by the trainer from the run's seed for
+        the GLOBAL batch: sampling depends on the pair, not on which process encodes it."""
         return present.clone(), torch.full((present.shape[0],), -1, dtype=torch.long, device=present.device)
 
     def forward(self, batch: ViewBatch) -> tuple[Tensor, dict[str, float]]:  # pragma: no cover

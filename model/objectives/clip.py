@@ -24,7 +24,7 @@ class ClipBaseline(Objective):
         self.cross_view_weight = cross_view_weight
 
     def select_views(
-        self, present: Tensor, weights: Tensor, slot_types: Tensor, gen: torch.Generator
+        self, present: Tensor, weights: Tensor, slot_types: Tensor, uniform: Tensor
     ) -> tuple[Tensor, Tensor]:
         none = torch.full((present.shape[0],), -1, dtype=torch.long, device=present.device)
         return present & primary_mask(slot_types), none

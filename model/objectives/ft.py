@@ -54,18 +54,21 @@ class FactorizedTransport(Objective):
         self.views_ot = FactoredTransport(dim, seed=cfg.seed + 1, **kw)
 
     def select_views(
-        self, present: Tensor, weights: Tensor, slot_types: Tensor, gen: torch.Generator
+        self, present: Tensor, weights: Tensor, slot_types: Tensor, uniform: Tensor
     ) -> tuple[Tensor, Tensor]:
         encode = present & primary_mask(slot_types)  # (B, S)
         w_aux = (weights.detach().float() * (present & aux_mask(slot_types)))  # (B, S)
-        has = w_aux.sum(-1) > 0  # (B,)
-        aux = torch.full((present.shape[0],), -1, dtype=torch.long, device=present.device)
-        if bool(has.any()):
-            probs = w_aux[has] / w_aux[has].sum(-1, keepdim=True)  # (B', S): p_u = w_u / A
-            pick = torch.multinomial(probs, 1, generator=gen).squeeze(1)  # (B',)
-            aux[has] = pick
-            rows = has.nonzero().squeeze(1)
-            encode[rows, pick] = True
+        total = w_aux.sum(-1)  # (B,) A
+        has = total > 0  # (B,)
+        # Inverse-CDF draw with p_u = w_u / A: the first slot whose cumulative share exceeds u.
+        cdf = w_aux.cumsum(-1) / total.clamp(min=1e-12).unsqueeze(-1)  # (B, S)
+        u = uniform.to(cdf.device, cdf.dtype).unsqueeze(-1)  # (B, 1)
+        pick = (cdf <= u).sum(-1)  # (B,) zero-weight slots never start a new step of the cdf
+        last = w_aux.shape[1] - 1 - (w_aux.flip(-1) > 0).int().argmax(-1)  # (B,) last weighted slot
+        pick = torch.minimum(pick, last)  # u at the top of the cdf after rounding
+        aux = torch.where(has, pick, torch.full_like(pick, -1))  # (B,)
+        rows = has.nonzero().squeeze(1)
+        encode[rows, aux[rows]] = True
         return encode, aux
 
     def estimate(self, b: ViewBatch) -> tuple[Tensor, Tensor, Tensor, Tensor]:

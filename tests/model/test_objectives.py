@@ -30,7 +30,7 @@ def make_batch(objective, B: int = 12, n_other: int = 3, seed: int = 0, all_pres
     with torch.no_grad():
         fusion.logits.copy_(torch.randn(5, generator=gen))
     weights = fusion.slot_weights(present, types)
-    encode, aux = objective.select_views(present, weights, types, gen)
+    encode, aux = objective.select_views(present, weights, types, torch.rand(B, generator=gen))
     views = F.normalize(torch.randn(B, S, D, generator=gen), dim=-1) * encode.unsqueeze(-1)
     views.requires_grad_()
     query = F.normalize(torch.randn(B, D, generator=gen), dim=-1).requires_grad_()
@@ -77,7 +77,7 @@ def test_ft_samples_aux_views_in_proportion_to_their_weight() -> None:
     with torch.no_grad():
         fusion.logits.copy_(torch.tensor([0.0, 0.3, 1.0, -0.5, 0.2]))
     w = fusion.slot_weights(present, types)
-    _, aux = obj.select_views(present, w, types, torch.Generator().manual_seed(3))
+    _, aux = obj.select_views(present, w, types, torch.rand(20000, generator=torch.Generator().manual_seed(3)))
     aux_slots = [s for s, t in enumerate(types.tolist()) if t in AUX_VIEWS]
     freq = torch.bincount(aux, minlength=len(types)).float()[aux_slots] / len(aux)
     expect = w[0, aux_slots] / w[0, aux_slots].sum()
@@ -98,7 +98,7 @@ def test_ft_estimate_is_unbiased_for_the_fused_mean() -> None:
     z = F.normalize(torch.randn(B, S, D, generator=gen), dim=-1)
     exact = torch.einsum("bs,bsd->bd", w, z * present.unsqueeze(-1))
     rep = lambda t: t.repeat(draws, *([1] * (t.ndim - 1)))  # noqa: E731
-    encode, aux = obj.select_views(rep(present), rep(w), types, gen)
+    encode, aux = obj.select_views(rep(present), rep(w), types, torch.rand(B * draws, generator=gen))
     batch = ViewBatch(torch.zeros(B * draws, D), rep(z) * encode.unsqueeze(-1), encode, rep(present), rep(w),
                       types, aux, torch.zeros(B * draws, B * draws, dtype=torch.bool), torch.ones(B * draws),
                       torch.tensor(1.0))
