@@ -2,10 +2,11 @@
 
   service sample-catalog --out DIR [--items N] [--seed S]
   service build-index --catalog PATH --artifacts DIR [--interactions P] [--judgments P] [...]
-  service serve --artifacts DIR [--host H] [--port P]
+  service serve --artifacts DIR [--host H] [--port P] [--workers N]
   service eval --artifacts DIR [--version V] --judgments PATH
   service publish VERSION --artifacts DIR
   service versions --artifacts DIR
+  service train | embed | index | update-index | deny | gc   (service/cli_index.py)
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from service.cli_index import add_index_choice_args, add_index_commands
 from service.offline import enforce_offline
 
 log = logging.getLogger("service")
 
 
-def _add_build_args(p: argparse.ArgumentParser) -> None:
+def _add_build_args(p: argparse.ArgumentParser, artifacts: bool = True) -> None:
     p.add_argument("--catalog", required=True, type=Path, help="catalog .jsonl, .csv or .parquet")
-    p.add_argument("--artifacts", required=True, type=Path, help="artifact folder DIR")
+    if artifacts:
+        p.add_argument("--artifacts", required=True, type=Path, help="artifact folder DIR")
     p.add_argument("--interactions", type=Path, help="interactions.jsonl (query, item_id, weight)")
     p.add_argument("--judgments", type=Path, help="judgments.jsonl: evaluate before publishing")
     p.add_argument("--objective", default="ft", choices=["ft", "clip", "oat", "pmrl", "ft-allpairs"])
@@ -37,6 +40,7 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images-root", type=Path, help="another folder image paths may point into")
     p.add_argument("--columns", help="rename source columns: title=name,id=sku")
     p.add_argument("--index-key", default="auto", help="faiss index_factory string, or auto")
+    add_index_choice_args(p)
     p.add_argument("--text-weights", default="", help="folder of other BERT-family weights (default: bundled MiniLM)")
     p.add_argument("--image-weights", default="", help="EfficientNet-Lite0 state dict (default: bundled)")
     p.add_argument("--image-cache", type=Path, help="image feature cache (default: DIR/cache/images)")
@@ -67,6 +71,7 @@ def cmd_build_index(a: argparse.Namespace) -> int:
         text_weights=a.text_weights, image_weights=a.image_weights, image_cache=a.image_cache, dim=a.dim,
         publish=not a.no_publish, min_recall_at_100=a.min_recall_at_100, min_ann_recall=a.min_ann_recall,
         progress=not a.no_progress, version=a.version, keep_versions=a.keep_versions,
+        memory_budget_gb=a.memory_budget_gb, target_ann_recall=a.target_ann_recall, served_k=a.served_k,
     )
     try:
         result = build_index(opts)
@@ -81,16 +86,10 @@ def cmd_build_index(a: argparse.Namespace) -> int:
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
-    import uvicorn
-
-    from service.app import create_app
-    from service.settings import Settings
+    from service.workers import serve
 
     overrides: dict[str, Any] = {"artifacts": a.artifacts, "host": a.host, "port": a.port}
-    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-    logging.basicConfig(level=settings.log_level.upper(), format="%(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=False, timeout_graceful_shutdown=10)
+    serve(overrides, workers=a.workers)  # docs/SERVING.md: workers, metrics, memory
     return 0
 
 
@@ -128,6 +127,23 @@ def cmd_versions(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment(a: argparse.Namespace) -> int:
+    from service.experiment import run_experiment
+    from service.pipeline import build_options
+    from service.report import markdown_table
+
+    base = build_options(
+        catalog=a.catalog, artifacts=a.out, interactions=a.interactions, judgments=a.judgments,
+        epochs=a.epochs, batch_size=a.batch_size, device=a.device, skip_bad_rows=a.skip_bad_rows,
+        images_root=a.images_root, columns=a.columns, index_key=a.index_key, text_weights=a.text_weights,
+        image_weights=a.image_weights, image_cache=a.image_cache, dim=a.dim, progress=not a.no_progress,
+    )
+    results = run_experiment(base, a.out, a.objectives.split(","), [int(s) for s in a.seeds.split(",")])
+    print(markdown_table(results))
+    print(f"report: {a.out / 'report.md'}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="service", description="Multi-view two-tower retrieval service")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -143,10 +159,18 @@ def parser() -> argparse.ArgumentParser:
     _add_build_args(s)
     s.set_defaults(func=cmd_build_index)
 
+    s = sub.add_parser("experiment", help="compare objectives over seeds on one split; writes OUT/report.md")
+    _add_build_args(s, artifacts=False)
+    s.add_argument("--out", required=True, type=Path, help="experiment folder (runs, results.jsonl, report)")
+    s.add_argument("--objectives", default="ft,clip,oat,pmrl")
+    s.add_argument("--seeds", default="0,1,2")
+    s.set_defaults(func=cmd_experiment)
+
     s = sub.add_parser("serve", help="serve DIR/current over HTTP")
     s.add_argument("--artifacts", type=Path)
     s.add_argument("--host")
     s.add_argument("--port", type=int)
+    s.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (docs/SERVING.md)")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("eval", help="evaluate a version (published or not) against judgments")
@@ -166,6 +190,8 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("versions", help="list the versions in DIR")
     s.add_argument("--artifacts", required=True, type=Path)
     s.set_defaults(func=cmd_versions)
+
+    add_index_commands(sub)  # train, embed, index, update-index, deny, gc (service/cli_index.py)
     return p
 
 

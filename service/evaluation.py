@@ -13,9 +13,10 @@ import numpy as np
 
 from index.search import FaissCpuSearcher, Searcher, _exact_subset
 from model.interactions import Judgments
-from model.metrics import ranking_metrics
+from model.metrics import ranking_metrics, recall_at_k
 
 RECALL_KS = (10, 100, 500)
+CURVE_KS = (1, 2, 5, 10, 20, 50, 100, 200, 500)
 
 
 def ranked_ids(searcher: Searcher, ids: Sequence[str], qvecs: np.ndarray, k: int, batch: int = 256) -> list[list[str]]:
@@ -48,7 +49,9 @@ def evaluate_rankings(ranked: list[list[str]], queries: Sequence[str], judgments
     A split scores only its own relevant listings; relevant listings of the OTHER split are removed
     from the ranking first (a condensed list), so a model is not charged for ranking a listing
     that is relevant, just answerable another way, above one of this split's listings."""
-    out: dict[str, Any] = ranking_metrics(ranked, [judgments.relevant(q) for q in queries], RECALL_KS)
+    relevant = [judgments.relevant(q) for q in queries]
+    out: dict[str, Any] = ranking_metrics(ranked, relevant, RECALL_KS)
+    out["recall_curve"] = {str(k): recall_at_k(ranked, relevant, k) for k in CURVE_KS}
     if judgments.has_split():
         for subset, other, name in (("title", "aux", "title_answerable"), ("aux", "title", "auxiliary_only")):
             rel = [judgments.relevant(q, subset) for q in queries]
