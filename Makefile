@@ -17,7 +17,7 @@ DEMO_ARTIFACTS ?= var/artifacts
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install demo test lint bench-search clean
+.PHONY: install demo test lint lint-deploy bench-search clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,16 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check model index service tests bench
+
+# Dockerfiles (hadolint) and every k8s overlay (kubectl kustomize -> strict schema validation),
+# offline; then the consistency tests (docs/DEPLOY.md, "What is tested here").
+K8S_VERSION ?= 1.33.0
+lint-deploy: $(STAMP)
+	$(BIN)/hadolint --failure-threshold style Dockerfile Dockerfile.cuda
+	for o in cpu gpu cpu/pipeline gpu/pipeline; do \
+		$(BIN)/kubectl kustomize k8s/overlays/$$o | $(BIN)/kubernetes-validate --strict --quiet -k $(K8S_VERSION) - || exit 1; \
+	done
+	$(BIN)/python -m pytest -q tests/deploy
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
