@@ -49,6 +49,7 @@ def save_model(model: TwoTower, path: str | Path, extra: dict[str, Any] | None =
     meta |= {k: json.dumps(v) for k, v in (extra or {}).items()}
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
+    tmp.chmod(0o644)  # safetensors writes 0600; artifacts are read by other users (serving pods)
     tmp.replace(path)
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
