@@ -184,6 +184,17 @@ class ArtifactStore:
         self.root.mkdir(parents=True, exist_ok=True)
         write_atomic(self.current_file, (version + "\n").encode())
 
+    def clean_staging(self, older_than_s: float = 3600.0) -> list[str]:
+        """Remove staging folders left by killed builds (older than `older_than_s`; a younger one
+        may belong to a build still writing); -> removed names."""
+        if not self.staging_dir.is_dir():
+            return []
+        cutoff = dt.datetime.now().timestamp() - older_than_s
+        doomed = [p for p in self.staging_dir.iterdir() if p.is_dir() and p.stat().st_mtime < cutoff]
+        for p in doomed:
+            shutil.rmtree(p, ignore_errors=True)
+        return sorted(p.name for p in doomed)
+
     def retain(self, keep: int) -> list[str]:
         """Delete all but the newest `keep` versions, never the current one; -> deleted names."""
         if keep < 1:

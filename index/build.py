@@ -26,6 +26,7 @@ class BuiltIndex:
     key: str
     build_seconds: float
     params: dict[str, Any] = field(default_factory=dict)  # search-time parameters (nprobe, efSearch)
+    tuning: dict[str, Any] = field(default_factory=dict)  # index/tune.py's TuneResult.to_dict(), when tuned
 
     @property
     def ntotal(self) -> int:
@@ -62,7 +63,9 @@ def choose_index_key(n: int, dim: int, memory_budget_bytes: float | None = None)
     m = max(8, min(dim // 4, 64))
     while dim % m:
         m -= 1
-    return f"IVF{nlist},PQ{m}x8"
+    # "np": no polysemous training. It only serves polysemous_ht search (never used here) and took
+    # 222 s instead of 9 s to train IVF512,PQ64x8 on 16k vectors (2 cores, bench/index_families.py).
+    return f"IVF{nlist},PQ{m}x8np"
 
 
 def build_index(vectors: np.ndarray, key: str = "auto", *, seed: int = 0, train_size: int = 200_000,
@@ -95,6 +98,27 @@ def build_index(vectors: np.ndarray, key: str = "auto", *, seed: int = 0, train_
     if key.upper().startswith("HNSW"):
         params["efSearch"] = 64
     return BuiltIndex(index, key, time.perf_counter() - start, params)
+
+
+def rebuild_index(previous: faiss.Index, key: str, vectors: np.ndarray, *, seed: int = 0,
+                  max_growth: float = 2.0) -> BuiltIndex:
+    """The same index family over new vectors (an updated catalog), reusing training where it can.
+
+    An IVF index keeps its trained coarse quantiser and PQ codebooks (clone, empty, add): the fused
+    vectors come from the same towers, so their distribution has not moved. When the catalog grew
+    more than `max_growth` times, the lists would be too long for the tuned nprobe: train afresh.
+    Other families have nothing to reuse (HNSW trains nothing; Flat is a copy)."""
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != previous.d:
+        raise ValueError(f"vectors: expected (n, {previous.d}), got shape {x.shape}")
+    ivf = faiss.try_extract_index_ivf(previous)
+    if ivf is None or not previous.is_trained or x.shape[0] > max_growth * max(1, previous.ntotal):
+        return build_index(x, key, seed=seed)
+    start = time.perf_counter()
+    index = faiss.clone_index(previous)
+    index.reset()
+    index.add(x)
+    return BuiltIndex(index, key, time.perf_counter() - start, {"nprobe": min(16, faiss.extract_index_ivf(index).nlist)})
 
 
 def apply_params(index: faiss.Index, params: dict[str, Any]) -> None:

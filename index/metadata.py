@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+import numpy as np
 
 from index.filters import FilterColumns
 
@@ -95,6 +97,33 @@ class ListingStore:
 
     def ids(self) -> list[str]:
         return [r[0] for r in self._con().execute("SELECT id FROM listings ORDER BY row")]
+
+    def rows_of(self, ids: Iterable[str]) -> np.ndarray:
+        """(m,) int64 sorted rows of the given ids that are in this version (unknown ids are skipped)."""
+        wanted = sorted({str(i) for i in ids})
+        out: list[int] = []
+        for start in range(0, len(wanted), 900):  # SQLite's bound-parameter limit
+            chunk = wanted[start:start + 900]
+            q = f"SELECT row FROM listings WHERE id IN ({','.join('?' * len(chunk))})"
+            out.extend(r for (r,) in self._con().execute(q, chunk))
+        return np.asarray(sorted(out), dtype=np.int64)
+
+    def present(self, ids: Iterable[str]) -> set[str]:
+        """The given ids that this version holds."""
+        wanted = sorted({str(i) for i in ids})
+        out: set[str] = set()
+        for start in range(0, len(wanted), 900):  # SQLite's bound-parameter limit
+            chunk = wanted[start:start + 900]
+            q = f"SELECT id FROM listings WHERE id IN ({','.join('?' * len(chunk))})"
+            out.update(i for (i,) in self._con().execute(q, chunk))
+        return out
+
+    def records(self) -> Iterator[ListingRecord]:
+        """Every listing in row order (e.g. to carry unchanged listings into an updated version)."""
+        for row, lid, title, image, category, price, attributes in self._con().execute(
+            "SELECT row, id, title, image, category, price, attributes FROM listings ORDER BY row"
+        ):
+            yield ListingRecord(row, lid, title, image, category, price, json.loads(attributes))
 
     def filter_columns(self) -> FilterColumns:
         cats, prices, attrs = [], [], []

@@ -5,7 +5,8 @@ Placement (`choose_placement`), in order of preference:
   torch-cuda  CUDA is present but faiss is CPU-only: exact fp16 inner product in torch;
   faiss-cpu   otherwise.
 Filters arrive as a boolean mask over rows. On CPU: a very selective mask is answered by an exact
-scan of the matching rows; otherwise faiss searches with an IDSelectorBitmap. On GPU: the
+scan of the matching rows; otherwise faiss searches with an IDSelectorBitmap, and a query left
+with fewer than k rows (few matches in the probed lists) is answered by the exact scan. On GPU: the
 torch path masks scores before top-k (exact); faiss-gpu oversamples, post-filters and refills from
 an exact scan of the subset when too few survive.
 """
@@ -22,6 +23,8 @@ from index.build import apply_params
 
 # A filter that leaves at most this many rows is answered by an exact scan of those rows.
 EXACT_SUBSET_MAX = 50_000
+# Exact scans of a large subset go in chunks of this many rows (bounded fp32 scratch: 64 MiB at d=256).
+EXACT_CHUNK_ROWS = 65_536
 PLACEMENTS = ("faiss-gpu", "torch-cuda", "faiss-cpu")
 
 
@@ -70,21 +73,28 @@ class SearchResult:
     rows: np.ndarray  # (B, k) int64, -1 where fewer than k rows matched
 
 
-def _exact_subset(vectors: np.ndarray, rows: np.ndarray, q: np.ndarray, k: int) -> SearchResult:
-    """Exact top-k over the given rows only (vectors may be fp16 or a memory map)."""
+def _exact_subset(vectors: np.ndarray, rows: np.ndarray, q: np.ndarray, k: int,
+                  chunk: int = EXACT_CHUNK_ROWS) -> SearchResult:
+    """Exact top-k over the given rows only (vectors may be fp16 or a memory map), in row chunks
+    so a large subset never materialises as one fp32 copy."""
     B = q.shape[0]
     scores = np.full((B, k), -np.inf, dtype=np.float32)
     out = np.full((B, k), -1, dtype=np.int64)
-    if len(rows) == 0:
+    if len(rows) == 0 or B == 0:
         return SearchResult(scores, out)
-    sub = np.asarray(vectors[rows], dtype=np.float32)  # (m, d)
-    s = q @ sub.T  # (B, m)
-    kk = min(k, len(rows))
-    top = np.argpartition(-s, kk - 1, axis=1)[:, :kk]  # (B, kk)
-    top_s = np.take_along_axis(s, top, axis=1)
-    order = np.argsort(-top_s, axis=1, kind="stable")
-    scores[:, :kk] = np.take_along_axis(top_s, order, axis=1)
-    out[:, :kk] = rows[np.take_along_axis(top, order, axis=1)]
+    best_s = np.full((B, 0), -np.inf, dtype=np.float32)
+    best_r = np.zeros((B, 0), dtype=np.int64)
+    for start in range(0, len(rows), chunk):
+        part = rows[start:start + chunk]
+        s = q @ np.asarray(vectors[part], dtype=np.float32).T  # (B, m)
+        kk = min(k, len(part))
+        top = np.argpartition(-s, kk - 1, axis=1)[:, :kk]  # (B, kk)
+        cand_s = np.hstack([best_s, np.take_along_axis(s, top, axis=1)])  # (B, <= 2k)
+        cand_r = np.hstack([best_r, part[top]])
+        order = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
+        best_s, best_r = np.take_along_axis(cand_s, order, 1), np.take_along_axis(cand_r, order, 1)
+    kk = best_s.shape[1]
+    scores[:, :kk], out[:, :kk] = best_s, best_r
     return SearchResult(scores, out)
 
 
@@ -133,7 +143,8 @@ class FaissCpuSearcher(Searcher):
         bitmap = np.packbits(allowed, bitorder="little")
         sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
         scores, rows = self.index.search(q, k_eff, params=self._search_params(sel))
-        return _pad(SearchResult(scores, rows), k)
+        return refill_short(_pad(SearchResult(scores, rows), k), len(rows_ok),
+                            lambda short: _exact_subset(self.vectors, rows_ok, q[short], k))
 
 
 class TorchCudaSearcher(Searcher):
@@ -204,6 +215,18 @@ def post_filter(raw: tuple[np.ndarray, np.ndarray], allowed: np.ndarray, k: int,
         exact = refill(np.asarray(short))
         out_s[short], out_r[short] = exact.scores, exact.rows
     return SearchResult(out_s, out_r)
+
+
+def refill_short(res: SearchResult, n_allowed: int, exact: Any) -> SearchResult:
+    """Queries that got fewer than min(k, n_allowed) rows (an IVF probe or an HNSW walk found too
+    few rows passing the filter) are answered again by `exact(query_positions)`, so a response
+    holds k listings whenever k listings match."""
+    k = res.rows.shape[1]
+    short = np.flatnonzero((res.rows >= 0).sum(axis=1) < min(k, n_allowed))
+    if len(short):
+        again = exact(short)
+        res.scores[short], res.rows[short] = again.scores, again.rows
+    return res
 
 
 def _pad(res: SearchResult, k: int) -> SearchResult:

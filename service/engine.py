@@ -9,6 +9,7 @@ a batch that started on the old version finishes on it and every response names 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Sequence
@@ -20,12 +21,14 @@ from urllib.parse import quote
 import numpy as np
 import torch
 
+from index import denylist
 from index.artifacts import ArtifactError, ArtifactStore
 from index.build import load_index
+from index.denylist import DenyRows
 from index.filters import Filter, FilterColumns
 from index.metadata import ListingStore
 from index.search import Searcher, make_searcher
-from model.query_encoder import QueryEncoder
+from model.query_encoder import EncoderOptions, QueryEncoder
 from service.errors import NotReady
 from service.settings import Settings
 
@@ -66,6 +69,12 @@ def resolve_encoder_device(requested: str) -> str:
     return requested
 
 
+def encoder_options(settings: Settings) -> EncoderOptions:
+    """The query encoder's runtime from the settings (backend, CUDA graphs, batch buckets)."""
+    return EncoderOptions(backend=settings.encoder_backend, cuda_graphs=settings.cuda_graphs,
+                          max_batch=settings.max_batch, threads=settings.torch_threads)
+
+
 @dataclass
 class LoadedVersion:
     version: str
@@ -92,11 +101,19 @@ def load_version(settings: Settings, version: str | None = None) -> LoadedVersio
         raise ArtifactError(f"{store.current_file}: no current version has been published")
     manifest = store.verify(version) if settings.verify_checksums else store.manifest(version)
     folder = store.version_dir(version)
-    encoder = QueryEncoder(folder / "model.safetensors", folder / "tokenizer.json",
-                           resolve_encoder_device(settings.encoder_device))
-    index = load_index(str(folder / "index.faiss"))
-    vectors = np.load(folder / "vectors.npy", mmap_mode="r")
-    listings = ListingStore(folder / "listings.sqlite")
+    if manifest.get("version") != version:
+        raise ArtifactError(f"{folder}: the manifest names version {manifest.get('version')!r}")
+    files = manifest.get("files") or {}
+    if "model.safetensors" in files and files["model.safetensors"] != manifest.get("model_digest"):
+        raise ArtifactError(f"{folder}: model.safetensors is not the model the manifest's model_digest names")
+    try:  # a truncated or foreign file is an artifact problem, named with its path
+        encoder = QueryEncoder(folder / "model.safetensors", folder / "tokenizer.json",
+                               resolve_encoder_device(settings.encoder_device), encoder_options(settings))
+        index = load_index(str(folder / "index.faiss"))
+        vectors = np.load(folder / "vectors.npy", mmap_mode="r")
+        listings = ListingStore(folder / "listings.sqlite")
+    except (ValueError, OSError, sqlite3.DatabaseError) as e:
+        raise ArtifactError(f"{folder}: unreadable artifact ({type(e).__name__}: {e})") from e
     n, dim = manifest["n_items"], manifest["dim"]
     checks = {
         "index vectors": (index.ntotal, n), "index dim": (index.d, dim), "encoder dim": (encoder.dim, dim),
@@ -125,6 +142,11 @@ class Engine:
         self._current: LoadedVersion | None = None
         self._reload_lock = threading.Lock()
         self.last_reload_error: str | None = None
+        # Deny-list (index/denylist.py): (generation, ids) replaced as one reference, the file's stamp,
+        # and its rows in the served version, cached per (version, generation).
+        self._deny: tuple[int, frozenset[str]] = (0, frozenset())
+        self._deny_stamp: tuple[int, int, int] | None = None
+        self._deny_rows: tuple[tuple[str, int], DenyRows] | None = None
 
     @property
     def current(self) -> LoadedVersion:
@@ -144,6 +166,8 @@ class Engine:
             try:
                 lv = load_version(self.settings, version)
                 warm(lv, self.settings.warmup_queries)
+                self.refresh_denylist()
+                self.deny_rows(lv)  # resolved before the swap: the first batch pays no lookup
             except Exception as e:
                 self.last_reload_error = f"{type(e).__name__}: {e}"
                 raise
@@ -151,6 +175,33 @@ class Engine:
             self.last_reload_error = None
             log.info("serving version %s (%d items) after %.2fs", lv.version, lv.n_items, time.perf_counter() - t0)
             return lv
+
+    @property
+    def deny_generation(self) -> int:
+        """Bumped whenever the deny-list changes (part of any cache key over search results)."""
+        return self._deny[0]
+
+    def refresh_denylist(self) -> bool:
+        """Re-read DIR/denylist.txt when its stamp changed; -> whether it changed."""
+        path = denylist.denylist_path(self.settings.artifacts)
+        st = denylist.stamp(path)
+        if st == self._deny_stamp:
+            return False
+        ids = denylist.read_ids(path)
+        self._deny = (self._deny[0] + 1, ids)
+        self._deny_stamp = st
+        log.info("deny-list: %d listing(s) hidden (generation %d)", len(ids), self._deny[0])
+        return True
+
+    def deny_rows(self, lv: LoadedVersion) -> DenyRows:
+        """The deny-list resolved to rows of `lv` (cached until the version or the list changes)."""
+        generation, ids = self._deny
+        cached = self._deny_rows
+        if cached is not None and cached[0] == (lv.version, generation):
+            return cached[1]
+        rows = DenyRows(lv.store.rows_of(ids), lv.n_items) if ids else DenyRows.none(lv.n_items)
+        self._deny_rows = ((lv.version, generation), rows)
+        return rows
 
     def image_url(self, ref: str | None) -> str | None:
         if not ref:
@@ -164,18 +215,26 @@ class Engine:
         lv = self.current  # one snapshot for the whole batch
         stages: dict[str, float] = {}
         t0 = time.perf_counter()
-        qvecs = lv.encoder.encode([r.query for r in requests])  # (B, d)
+        with lv.encoder.lock:  # static token/output buffers: one batch at a time
+            ids, mask = lv.encoder.tokenize([r.query for r in requests])  # (B, T) static buffers
+            t_tok = time.perf_counter()
+            qvecs = lv.encoder.encode_tokens(ids, mask).copy()  # (B, d) out of the reused buffer
+        stages["tokenize"] = t_tok - t0
         t1 = time.perf_counter()
-        stages["encode"] = t1 - t0
+        stages["encode"] = t1 - t_tok
         rows = [np.empty(0, np.int64)] * len(requests)
         scores = [np.empty(0, np.float32)] * len(requests)
         groups: dict[Any, list[int]] = {}
         for i, r in enumerate(requests):
             groups.setdefault(None if r.filter.empty else r.filter.key(), []).append(i)
+        deny = self.deny_rows(lv)
         for key, members in groups.items():
             depth = max(requests[i].k + requests[i].offset for i in members)
             mask = None if key is None else lv.filters.mask(requests[members[0]].filter)
-            res = lv.searcher.search(qvecs[members], depth, mask)
+            mask, extra = deny.plan(mask)  # denied listings: a row mask, or oversample and drop
+            res = lv.searcher.search(qvecs[members], depth + extra, mask)
+            if extra:
+                res = deny.drop(res, depth)
             for j, i in enumerate(members):
                 lo, hi = requests[i].offset, requests[i].offset + requests[i].k
                 keep = res.rows[j, lo:hi] >= 0

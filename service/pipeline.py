@@ -1,9 +1,13 @@
-"""`service build-index`: load -> featurise -> train -> embed -> index -> evaluate -> publish.
+"""`service build-index`: load -> featurise -> train -> embed -> index (+ tune) -> evaluate -> publish.
 
-Every stage is a function of its own (the CLI exposes them as commands too); `build_index` chains
-them and writes one versioned artifact (index/artifacts.py). The publish gate: when judgments are
-given and the metrics fall below the thresholds, the version is still written (with its report) but
-`current` is left exactly as it was and the build fails.
+Every stage is a function of its own; `build_index` chains them in one process and writes one
+versioned artifact (index/artifacts.py). The same stages also run as separate commands
+(service/stages.py: `service train`, `service embed --shard i/n`, `service index`), which share
+`index_stage`, `tuning_queries`, `evaluate_stage` and `write_version` with this file, so a sharded
+build and a one-process build produce the same kind of version.
+
+The publish gate: when the metrics fall below the thresholds, the version is still written (with
+its report) but `current` is left exactly as it was and the build fails.
 """
 
 from __future__ import annotations
@@ -12,8 +16,8 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-import shutil
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,11 +30,12 @@ from index.build import BuiltIndex, save_index
 from index.build import build_index as build_faiss
 from index.metadata import ListingRecord, write_listings
 from index.search import FaissCpuSearcher
-from model.catalog import Catalog, load_catalog
+from index.tune import tune_search_params
+from model.catalog import Catalog, Listing, load_catalog
 from model.checkpoint import new_model, save_model
 from model.config import ImageConfig, ModelConfig, TextConfig, TowerConfig, TrainConfig
 from model.crossview import leave_one_view_out, slot_embeddings
-from model.data import TrainingSet, build_training_set
+from model.data import TrainingSet, build_training_set, pseudo_queries
 from model.diagnostics import modality_gap
 from model.embed import embed_listings, embed_queries, view_clouds
 from model.image import ImageFeaturizer, backbone_digest
@@ -78,6 +83,18 @@ class BuildOptions:
     version: str | None = None
     keep_versions: int = 0  # 0 = keep all
     train_overrides: dict[str, Any] = field(default_factory=dict)
+    # The replica's memory for the index (None: unconstrained): picks a smaller family when the
+    # fp32 vectors or an HNSW graph would not fit (index/build.py choose_index_key).
+    memory_budget_gb: float | None = None
+    # Search parameters are tuned until ANN recall@served_k against exact search reaches this:
+    # 0.95 loses about one listing in twenty of the exact top-k, invisible next to model error.
+    target_ann_recall: float = 0.95
+    # The k the storefront asks for; recall is tuned (and gated) at this depth.
+    served_k: int = 10
+    # Held-out queries used to tune (more = a tighter recall estimate, longer tuning).
+    tune_queries: int = 1000
+    # Judgments at or above this relevance count as relevant (None: above the file's lowest grade).
+    min_relevant: float | None = None
 
 
 @dataclass
@@ -113,9 +130,14 @@ def load_inputs(opts: BuildOptions) -> Inputs:
         reports["interactions"] = rep.to_dict()
     judgments = None
     if opts.judgments is not None:
-        judgments = load_judgments(opts.judgments, ids, skip_bad_rows=opts.skip_bad_rows)
+        judgments = load_judgments(opts.judgments, ids, skip_bad_rows=opts.skip_bad_rows,
+                                   min_relevant=opts.min_relevant)
         reports["judgments"] = judgments.report.to_dict()
     return Inputs(catalog, build_view_table(catalog.listings), interactions, judgments, reports)
+
+
+def image_cache_dir(opts: BuildOptions) -> Path:
+    return opts.image_cache or (opts.artifacts / "cache" / "images")
 
 
 def featurize_images(views: ViewTable, cfg: ImageConfig, device: torch.device, cache: Path | None,
@@ -180,17 +202,74 @@ def train_stage(inputs: Inputs, features: np.ndarray, ok: np.ndarray, opts: Buil
     return model, tokenizer, data, trunk, info
 
 
-def listing_records(catalog: Catalog) -> list[ListingRecord]:
+def embed_stage(model: TwoTower, tokenizer: Any, data: TrainingSet, device: torch.device, trunk: TrunkCache | None,
+                opts: BuildOptions) -> tuple[np.ndarray, dict[str, Any]]:
+    """In-process embedding with the training-time trunk cache -> (vectors (n, d), cross-view metrics)."""
+    if len(data.views) > CROSSVIEW_MAX_ITEMS:  # too large to hold every view: chunks, no cross-view
+        return embed_listings(model, tokenizer, data.views, data.slots, data.image_features, device, trunk=trunk,
+                              progress=opts.progress), {}
+    z = slot_embeddings(model, tokenizer, data.views, data.slots, data.image_features, device, trunk=trunk)  # (n, S, d)
+    st = torch.tensor(data.slots.types)
+    with torch.inference_mode():
+        vectors = model.cpu().fuse(z, torch.from_numpy(data.slots.present), st).numpy()  # (n, d)
+    return vectors, leave_one_view_out(model, z, data.slots.present, data.slots.types, seed=opts.seed)
+
+
+def listing_records(listings: Sequence[Listing], start: int = 0) -> list[ListingRecord]:
     return [
-        ListingRecord(row=i, id=lst.id, title=lst.title,
+        ListingRecord(row=start + i, id=lst.id, title=lst.title,
                       image=lst.raw_images[0] if lst.raw_images else None,
                       category=lst.category or None, price=lst.price, attributes=dict(lst.attributes))
-        for i, lst in enumerate(catalog.listings)
+        for i, lst in enumerate(listings)
     ]
 
 
-def index_stage(vectors: np.ndarray, opts: BuildOptions) -> BuiltIndex:
-    return build_faiss(vectors, opts.index_key, seed=opts.seed)
+def tuning_queries(inputs: Inputs, limit: int, seed: int) -> tuple[list[str], str]:
+    """Held-out query texts to tune the index with, and where they came from: the judged queries,
+    else a sample of the logged queries, else pseudo-queries cut from listings (never listing
+    vectors: an item finds itself at rank 1)."""
+    rng = np.random.default_rng(seed)
+
+    def sample(texts: list[str]) -> list[str]:
+        return texts if len(texts) <= limit else [texts[i] for i in sorted(rng.choice(len(texts), limit, replace=False))]
+
+    if inputs.judgments is not None and inputs.judgments.queries:
+        return sample(inputs.judgments.queries), "judgments"
+    logged = list(dict.fromkeys(it.query.lower() for it in inputs.interactions))
+    if logged:
+        return sample(logged), "interactions"
+    listings = inputs.catalog.listings
+    pick = rng.choice(len(listings), min(limit, len(listings)), replace=False)
+    pseudo = [q.lower() for i in sorted(pick) for q in pseudo_queries(listings[i], 1, rng)]
+    return list(dict.fromkeys(pseudo)), "pseudo"
+
+
+def index_stage(vectors: np.ndarray, opts: BuildOptions, queries: np.ndarray | None = None,
+                query_source: str = "") -> BuiltIndex:
+    """Build (index family by size and memory budget, or --index-key) and tune on query vectors."""
+    budget = opts.memory_budget_gb * 2**30 if opts.memory_budget_gb else None
+    built = build_faiss(vectors, opts.index_key, seed=opts.seed, memory_budget_bytes=budget)
+    if queries is not None and len(queries):
+        t0 = time.perf_counter()
+        tuned = tune_search_params(built.index, vectors, queries, k=opts.served_k, target=opts.target_ann_recall,
+                                   max_queries=opts.tune_queries, seed=opts.seed)
+        built.params.update(tuned.params)
+        built.tuning = {**tuned.to_dict(), "queries": query_source, "seconds": time.perf_counter() - t0}
+        if not tuned.reached:
+            log.warning("index %s reaches ANN recall@%d %.3f at best, below the target %.3f", built.key,
+                        tuned.k, tuned.recall, tuned.target)
+    return built
+
+
+def evaluate_stage(built: BuiltIndex, vectors: np.ndarray, ids: Sequence[str], encode: Callable[[list[str]], np.ndarray],
+                   judgments: Judgments | None, opts: BuildOptions) -> dict[str, Any]:
+    """Metrics against judgments; without them, the tuned ANN recall is what the gate can check."""
+    if judgments is not None:
+        return evaluate(FaissCpuSearcher(built.index, vectors, built.params), ids, encode, judgments,
+                        served_k=opts.served_k)
+    if built.tuning:
+        return {f"ann_recall@{built.tuning['k']}": built.tuning["recall"]}
+    return {}
 
 
 def gate(metrics: dict[str, Any], opts: BuildOptions) -> list[str]:
@@ -205,85 +284,36 @@ def gate(metrics: dict[str, Any], opts: BuildOptions) -> list[str]:
     return failures
 
 
-# ---------------------------------------------------------------------------------- the build
+# ---------------------------------------------------------------------------------- writing a version
 
 
-def build_index(opts: BuildOptions) -> BuildResult:
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-    device = resolve_device(opts.device)
-    inputs = load_inputs(opts)
-    timings["load_s"] = time.perf_counter() - started
-    log.info("catalog: %d listings loaded, %d rejected", len(inputs.catalog), len(inputs.catalog.report.rejected))
+def write_version(store: ArtifactStore, opts: BuildOptions, *, save_weights: Callable[[Path], str],
+                  tokenizer: Path, built: BuiltIndex, vectors: np.ndarray, records: Sequence[ListingRecord],
+                  tune_vectors: np.ndarray | None, report: dict[str, Any], manifest: dict[str, Any]) -> BuildResult:
+    """Stage every file, commit (checksums), then publish unless the gate fails (GateFailed).
 
-    store = ArtifactStore(opts.artifacts)
-    t = time.perf_counter()
-    icfg = ImageConfig(weights_path=opts.image_weights)
-    cache = opts.image_cache or (opts.artifacts / "cache" / "images")
-    features, ok, image_report = featurize_images(inputs.views, icfg, device, cache, opts.progress)
-    inputs.reports["images"] = image_report
-    timings["images_s"] = time.perf_counter() - t
-
-    model, tokenizer, data, trunk, train_info = train_stage(inputs, features, ok, opts, device)
-    timings["train_s"] = train_info.pop("train_seconds")
-    timings["trunk_s"] = train_info.pop("trunk_seconds")
-
-    t = time.perf_counter()
-    crossview: dict[str, Any] = {}
-    if len(data.views) <= CROSSVIEW_MAX_ITEMS:
-        z = slot_embeddings(model, tokenizer, data.views, data.slots, features, device, trunk=trunk)  # (n, S, d)
-        st = torch.tensor(data.slots.types)
-        with torch.inference_mode():
-            vectors = model.cpu().fuse(z, torch.from_numpy(data.slots.present), st).numpy()
-        crossview = leave_one_view_out(model, z, data.slots.present, data.slots.types, seed=opts.seed)
-        del z
-    else:  # too large to hold every view: embed in chunks, skip the cross-view diagnostic
-        vectors = embed_listings(model, tokenizer, data.views, data.slots, features, device, trunk=trunk,
-                                 progress=opts.progress)
-    timings["embed_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    built = index_stage(vectors, opts)
-    timings["index_s"] = time.perf_counter() - t
-
-    metrics: dict[str, Any] = {}
-    if inputs.judgments is not None:
-        t = time.perf_counter()
-        searcher = FaissCpuSearcher(built.index, vectors, built.params)
-        metrics = evaluate(searcher, data.views.ids, lambda qs: embed_queries(model, tokenizer, qs, device),
-                           inputs.judgments)
-        timings["eval_s"] = time.perf_counter() - t
-    if crossview:
-        metrics["cross_view"] = crossview
-
-    text_dir = resolve_weights_dir(opts.text_weights or None)
+    `save_weights(path) -> sha256` writes model.safetensors; `manifest` gets the model digest,
+    index key, parameters and tuning, the gate's verdict, and the file checksums added."""
     version = opts.version or new_version_name()
+    failures = gate(manifest.get("metrics", {}), opts)
     with store.stage(version) as staged:
-        digest = save_model(model, staged.path / "model.safetensors")
-        shutil.copyfile(text_dir / "tokenizer.json", staged.path / "tokenizer.json")
+        digest = save_weights(staged.path / "model.safetensors")
+        (staged.path / "tokenizer.json").write_bytes(Path(tokenizer).read_bytes())
         save_index(built.index, str(staged.path / "index.faiss"))
-        np.save(staged.path / "vectors.npy", vectors.astype(np.float16))
-        write_listings(staged.path / "listings.sqlite", listing_records(inputs.catalog))
-        report = {"inputs": inputs.reports, "training": train_info, "timings": timings, "metrics": metrics}
+        np.save(staged.path / "vectors.npy", np.asarray(vectors, dtype=np.float16))
+        if tune_vectors is not None and len(tune_vectors):
+            np.save(staged.path / "tune_queries.npy", np.asarray(tune_vectors, dtype=np.float16))
+        write_listings(staged.path / "listings.sqlite", records)
         (staged.path / "report.json").write_text(json.dumps(report, indent=2, default=float))
-        timings["total_s"] = time.perf_counter() - started
-        failures = gate(metrics, opts)
         manifest = {
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "objective": opts.objective,
+            **manifest,
             "model_digest": digest,
-            "model_config": dataclasses.asdict(model.cfg),
-            "train_config": train_info["train_config"],
-            "text_base_digest": text_weights_digest(opts.text_weights or None),
-            "image_backbone_digest": backbone_digest(icfg) if data.views.image_paths else None,
-            "catalog": {"path": str(opts.catalog), "sha256": inputs.catalog.report.sha256,
-                        "rows": inputs.catalog.report.n_rows, "rejected": len(inputs.catalog.report.rejected)},
             "n_items": int(vectors.shape[0]),
             "dim": int(vectors.shape[1]),
             "index_key": built.key,
             "index_params": built.params,
-            "metrics": metrics,
-            "modality_gap": train_info["modality_gap"],
-            "timings": timings,
+            "index_tuning": built.tuning,
             "gate": {"passed": not failures, "failures": failures},
         }
         path = store.commit(staged, manifest)
@@ -299,9 +329,80 @@ def build_index(opts: BuildOptions) -> BuildResult:
     return BuildResult(version, path, manifest, published)
 
 
+def catalog_summary(opts: BuildOptions, catalog: Catalog) -> dict[str, Any]:
+    return {"path": str(opts.catalog), "sha256": catalog.report.sha256, "rows": catalog.report.n_rows,
+            "rejected": len(catalog.report.rejected)}
+
+
+# ---------------------------------------------------------------------------------- the build
+
+
+def build_index(opts: BuildOptions) -> BuildResult:
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    device = resolve_device(opts.device)
+    inputs = load_inputs(opts)
+    timings["load_s"] = time.perf_counter() - started
+    log.info("catalog: %d listings loaded, %d rejected", len(inputs.catalog), len(inputs.catalog.report.rejected))
+
+    t = time.perf_counter()
+    icfg = ImageConfig(weights_path=opts.image_weights)
+    features, ok, image_report = featurize_images(inputs.views, icfg, device, image_cache_dir(opts), opts.progress)
+    inputs.reports["images"] = image_report
+    timings["images_s"] = time.perf_counter() - t
+
+    model, tokenizer, data, trunk, train_info = train_stage(inputs, features, ok, opts, device)
+    timings["train_s"] = train_info.pop("train_seconds")
+    timings["trunk_s"] = train_info.pop("trunk_seconds")
+
+    t = time.perf_counter()
+    vectors, crossview = embed_stage(model, tokenizer, data, device, trunk, opts)
+    timings["embed_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    texts, source = tuning_queries(inputs, opts.tune_queries, opts.seed)
+    qvecs = embed_queries(model, tokenizer, texts, device)  # (Q, d)
+    built = index_stage(vectors, opts, qvecs, source)
+    timings["index_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    metrics = evaluate_stage(built, vectors, data.views.ids, lambda qs: embed_queries(model, tokenizer, qs, device),
+                             inputs.judgments, opts)
+    timings["eval_s"] = time.perf_counter() - t
+    if crossview:
+        metrics["cross_view"] = crossview
+    timings["total_s"] = time.perf_counter() - started
+
+    manifest = {
+        "objective": opts.objective,
+        "model_config": dataclasses.asdict(model.cfg),
+        "train_config": train_info["train_config"],
+        "text_base_digest": text_weights_digest(opts.text_weights or None),
+        "image_backbone_digest": backbone_digest(icfg) if data.views.image_paths else None,
+        "catalog": catalog_summary(opts, inputs.catalog),
+        "metrics": metrics,
+        "modality_gap": train_info["modality_gap"],
+        "timings": timings,
+    }
+    report = {"inputs": inputs.reports, "training": train_info, "timings": timings, "metrics": metrics}
+    return write_version(
+        ArtifactStore(opts.artifacts), opts, save_weights=lambda p: save_model(model, p),
+        tokenizer=resolve_weights_dir(opts.text_weights or None) / "tokenizer.json", built=built, vectors=vectors,
+        records=listing_records(inputs.catalog.listings), tune_vectors=qvecs, report=report, manifest=manifest,
+    )
+
+
+PATH_OPTIONS = ("catalog", "artifacts", "interactions", "judgments", "images_root", "image_cache")
+
+
 def build_options(**kwargs: Any) -> BuildOptions:
     """BuildOptions from CLI values, turning path strings into Paths."""
-    for key in ("catalog", "artifacts", "interactions", "judgments", "images_root", "image_cache"):
+    for key in PATH_OPTIONS:
         if kwargs.get(key) is not None:
             kwargs[key] = Path(kwargs[key])
     return BuildOptions(**kwargs)
+
+
+def options_to_dict(opts: BuildOptions) -> dict[str, Any]:
+    """JSON-ready options (paths as strings), the inverse of `build_options(**d)`."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(opts).items()}

@@ -65,3 +65,54 @@ def test_retain_keeps_newest_and_current(tmp_path: Path) -> None:
     store.publish("v1")
     assert store.retain(2) == ["v2"]
     assert store.list_versions() == ["v1", "v3", "v4"]
+
+
+def test_clean_staging_removes_only_old_debris(tmp_path: Path) -> None:
+    import os
+    import time
+
+    store = ArtifactStore(tmp_path)
+    old, fresh = store.staging_dir / "v1.dead", store.staging_dir / "v2.writing"
+    old.mkdir(parents=True)
+    fresh.mkdir()
+    past = time.time() - 7200
+    os.utime(old, (past, past))
+    assert store.clean_staging(3600) == ["v1.dead"]
+    assert [p.name for p in store.staging_dir.iterdir()] == ["v2.writing"]
+
+
+def test_rebuild_reuses_ivf_training_and_retrains_after_growth() -> None:
+    import faiss
+    import numpy as np
+
+    from index.build import build_index, rebuild_index
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    first = build_index(x, "IVF16,Flat")
+    again = rebuild_index(first.index, "IVF16,Flat", x[:1500])
+    assert again.ntotal == 1500
+    c1 = faiss.extract_index_ivf(first.index).quantizer.reconstruct_n(0, 16)
+    c2 = faiss.extract_index_ivf(again.index).quantizer.reconstruct_n(0, 16)
+    np.testing.assert_array_equal(c1, c2)  # the trained coarse quantiser was kept
+    assert first.ntotal == 2000  # the previous index is untouched
+    grown = rebuild_index(first.index, "IVF16,Flat", np.vstack([x] * 3))
+    assert grown.ntotal == 6000
+    flat = rebuild_index(build_index(x, "Flat").index, "Flat", x[:10])
+    assert flat.ntotal == 10
+    with pytest.raises(ValueError, match="expected"):
+        rebuild_index(first.index, "IVF16,Flat", x[:, :8])
+
+
+def test_listing_store_rows_of_and_records(tmp_path: Path) -> None:
+    from index.metadata import ListingRecord, ListingStore, write_listings
+
+    recs = [ListingRecord(i, f"L{i}", f"title {i}", None, "mug" if i % 2 else None, float(i), {"c": str(i)})
+            for i in range(2000)]
+    write_listings(tmp_path / "l.sqlite", recs)
+    store = ListingStore(tmp_path / "l.sqlite")
+    assert store.rows_of(["L7", "L3", "nope", "L1999"]).tolist() == [3, 7, 1999]
+    assert len(store.rows_of([f"L{i}" for i in range(1500)])) == 1500  # beyond SQLite's parameter limit
+    assert store.rows_of([]).tolist() == []
+    assert list(store.records()) == recs

@@ -1,0 +1,208 @@
+"""`service update-index`: a fresh catalog without retraining.
+
+A delta file (`--catalog-delta`, any catalog format) holds listings to upsert (new, or changed:
+same id) and, in JSONL, deletion rows `{"id": "L7", "deleted": true}` (a `deleted` column in CSV or
+parquet); `--delete-ids FILE` (one id per line) deletes too. The changed listings are embedded with
+the CURRENT version's towers (so their vectors live in the same space as the others), merged with
+the current vectors and metadata (unchanged listings keep their vectors; deleted and replaced rows
+go), the index is rebuilt with the same key (an IVF index keeps its trained quantiser), re-tuned
+on the version's held-out query vectors, and a new version is written and published.
+
+The deny-list (index/denylist.py) hides deleted listings within seconds; this command makes the
+deletion permanent. An id leaves the deny-list once no version in DIR holds it (after retention):
+a replica still on the previous version, or a roll-back, must not bring a sold listing back.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index import denylist
+from index.artifacts import ArtifactError, ArtifactStore, sha256_file
+from index.build import BuiltIndex, load_index, rebuild_index
+from index.metadata import ListingRecord, ListingStore
+from index.tune import tune_search_params
+from model.catalog import CatalogError, Listing, iter_rows, load_catalog
+from model.checkpoint import load_model
+from model.image import backbone_digest
+from model.text import Tokenizer
+from model.train import resolve_device
+from service.pipeline import BuildOptions, BuildResult, listing_records, write_version
+from service.stages import embed_with_model
+
+log = logging.getLogger("service.update")
+TRUE = (True, 1, "1", "true", "True", "yes")
+
+
+@dataclass(frozen=True)
+class Delta:
+    upserts: list[Listing]
+    deletions: list[str]
+    report: dict[str, Any]
+
+
+def _deleted_rows(path: Path) -> dict[int, str]:
+    """line -> id of the delta's deletion rows (`deleted` true)."""
+    out = {}
+    for line, row in iter_rows(path):
+        if isinstance(row, dict) and row.get("deleted") in TRUE:
+            if row.get("id") in (None, ""):
+                raise CatalogError(str(path), line, "id", "a deletion row needs the listing id")
+            out[line] = str(row["id"]).strip()
+    return out
+
+
+def read_id_file(path: Path) -> list[str]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file (--delete-ids)") from None
+    return [x.strip() for x in lines if x.strip() and not x.lstrip().startswith("#")]
+
+
+def load_delta(path: Path | None, delete_ids: Path | None = None, *, skip_bad_rows: bool = False,
+               images_root: Path | None = None, columns: str | None = None) -> Delta:
+    upserts: list[Listing] = []
+    deletions: list[str] = read_id_file(delete_ids) if delete_ids is not None else []
+    report: dict[str, Any] = {}
+    if path is not None:
+        deleted = _deleted_rows(path)
+        cat = load_catalog(path, skip_bad_rows=True, images_root=images_root, column_map=columns)
+        real = [r for r in cat.report.rejected if r.line not in deleted]
+        if real and not skip_bad_rows:
+            raise CatalogError(str(path), real[0].line, real[0].field, real[0].reason)
+        upserts = [lst for lst in cat.listings if lst.line not in deleted]
+        deletions += list(deleted.values())
+        both = {lst.id for lst in upserts} & set(deletions)
+        if both:
+            raise CatalogError(str(path), None, "id", f"both upserted and deleted: {', '.join(sorted(both)[:5])}")
+        report = {"file": str(path), "sha256": cat.report.sha256, "rows": cat.report.n_rows,
+                  "rejected": len(real), "rejected_examples": [f"{path}:{r.line}: {r.field}: {r.reason}" for r in real[:20]]}
+    if not upserts and not deletions:
+        raise ValueError("update-index: the delta has nothing to upsert or delete")
+    return Delta(upserts, list(dict.fromkeys(deletions)), report)
+
+
+def merge(records: list[ListingRecord], vectors: np.ndarray, delta: Delta,
+          new_vectors: np.ndarray) -> tuple[list[ListingRecord], np.ndarray, dict[str, int]]:
+    """Unchanged listings keep their row order and vectors; upserts are appended (changed ones move)."""
+    upserted = {lst.id for lst in delta.upserts}
+    gone = upserted | set(delta.deletions)
+    old_ids = {r.id for r in records}
+    keep = np.array([r.id not in gone for r in records], dtype=bool)
+    kept = [r for r, k in zip(records, keep, strict=True) if k]
+    merged = [ListingRecord(i, r.id, r.title, r.image, r.category, r.price, r.attributes) for i, r in enumerate(kept)]
+    merged += listing_records(delta.upserts, start=len(merged))
+    out = np.vstack([np.asarray(vectors[keep], dtype=np.float32), new_vectors.astype(np.float32)])  # (n', d)
+    counts = {"added": len(upserted - old_ids), "changed": len(upserted & old_ids),
+              "deleted": len(set(delta.deletions) & old_ids), "not_found": len(set(delta.deletions) - old_ids),
+              "n_items": len(merged)}
+    return merged, out, counts
+
+
+def update_index(artifacts: Path, delta_path: Path | None = None, delete_ids: Path | None = None, *,
+                 base: str | None = None, publish: bool = True, version: str | None = None, keep_versions: int = 0,
+                 device: str = "auto", skip_bad_rows: bool = False, images_root: Path | None = None,
+                 columns: str | None = None, min_ann_recall: float | None = None, progress: bool = False) -> BuildResult:
+    artifacts = Path(artifacts)
+    t0 = time.perf_counter()
+    store = ArtifactStore(artifacts)
+    base = base or store.current_version()
+    if base is None:
+        raise ArtifactError(f"{store.current_file}: no current version to update; run build-index first")
+    parent = store.verify(base)
+    folder = store.version_dir(base)
+    delta = load_delta(delta_path, delete_ids, skip_bad_rows=skip_bad_rows, images_root=images_root, columns=columns)
+    dev = resolve_device(device)
+    model = load_model(folder / "model.safetensors", dev)
+    if delta.upserts and any(lst.images for lst in delta.upserts) and parent.get("image_backbone_digest") \
+            and backbone_digest(model.cfg.image) != parent["image_backbone_digest"]:
+        raise ArtifactError(f"image backbone weights differ from those version {base} was built with; rebuild instead")
+    new_vectors, image_report = embed_with_model(model, Tokenizer(folder / "tokenizer.json"), delta.upserts, dev,
+                                                 artifacts / "cache" / "images", progress)
+    embed_s = time.perf_counter() - t0
+    records = list(ListingStore(folder / "listings.sqlite").records())
+    vectors = np.load(folder / "vectors.npy", mmap_mode="r")
+    merged, x, counts = merge(records, vectors, delta, new_vectors)
+    if not merged:
+        raise ValueError("update-index: the update would leave an empty catalog")
+    t = time.perf_counter()
+    built = rebuild_index(load_index(str(folder / "index.faiss")), parent["index_key"], x)
+    built.params.update(parent.get("index_params") or {})
+    _retune(built, x, folder, parent)
+    index_s = time.perf_counter() - t
+    metrics = {f"ann_recall@{built.tuning['k']}": built.tuning["recall"]} if built.tuning else {}
+    update = {"parent": base, "delta": delta.report, "delete_ids": str(delete_ids) if delete_ids else None,
+              "images": image_report, **counts}
+    timings = {"embed_s": embed_s, "index_s": index_s, "total_s": time.perf_counter() - t0}
+    keys = ("objective", "model_config", "train_config", "text_base_digest", "image_backbone_digest", "modality_gap")
+    manifest = {**{k: parent.get(k) for k in keys}, "catalog": {**parent.get("catalog", {}), "updates": [
+        *parent.get("catalog", {}).get("updates", []), {"version_parent": base, **delta.report}]},
+        "parent_version": base, "parent_metrics": parent.get("metrics", {}), "update": update,
+        "metrics": metrics, "timings": timings}
+    opts = BuildOptions(catalog=delta_path or Path(""), artifacts=artifacts, publish=publish, version=version,
+                        keep_versions=keep_versions, min_ann_recall=min_ann_recall)
+    tune = np.load(folder / "tune_queries.npy") if (folder / "tune_queries.npy").is_file() else None
+    result = write_version(store, opts, save_weights=lambda p: _copy(folder / "model.safetensors", p),
+                           tokenizer=folder / "tokenizer.json", built=built, vectors=x, records=merged,
+                           tune_vectors=tune, report={"update": update, "timings": timings, "metrics": metrics},
+                           manifest=manifest)
+    if result.published:
+        prune_denylist(artifacts)
+        relisted = denylist.read_ids(denylist.denylist_path(artifacts)) & {lst.id for lst in delta.upserts}
+        if relisted:
+            log.warning("the deny-list still hides %d upserted listing(s) (e.g. %s): `service deny --remove` "
+                        "shows them", len(relisted), sorted(relisted)[0])
+    return result
+
+
+def _retune(built: BuiltIndex, x: np.ndarray, folder: Path, parent: dict[str, Any]) -> None:
+    """Same held-out query vectors, same target and k as the parent version's tuning."""
+    path = folder / "tune_queries.npy"
+    prev = parent.get("index_tuning") or {}
+    if not path.is_file() or not prev:
+        return
+    queries = np.load(path).astype(np.float32)  # (Q, d)
+    tuned = tune_search_params(built.index, x, queries, k=int(prev.get("k", 10)), target=float(prev.get("target", 0.95)))
+    built.params.update(tuned.params)
+    built.tuning = {**tuned.to_dict(), "queries": prev.get("queries", "")}
+
+
+def prune_denylist(artifacts: Path) -> list[str]:
+    """Drop deny-list ids that no version in DIR holds any more; -> the dropped ids.
+
+    Not just the new version: a replica may still serve the previous one for a poll interval, and a
+    roll-back may bring an older one back; an id leaves the list once retention (`service gc`,
+    `--keep-versions`) has removed the last version that holds it."""
+    path = denylist.denylist_path(artifacts)
+    denied = denylist.read_ids(path)
+    if not denied:
+        return []
+    store = ArtifactStore(artifacts)
+    held: set[str] = set()
+    for v in store.list_versions():
+        held |= ListingStore(store.versions_dir / v / "listings.sqlite").present(denied - held)
+    gone = sorted(denied - held)
+    if gone:
+        denylist.update(path, remove=gone)
+    return gone
+
+
+def _copy(src: Path, dst: Path) -> str:
+    shutil.copyfile(src, dst)
+    return sha256_file(dst)
+
+
+def delta_summary(result: BuildResult) -> dict[str, Any]:
+    m = result.manifest
+    return {"version": result.version, "published": result.published, "path": str(result.path),
+            "parent": m.get("parent_version"), **{k: m["update"][k] for k in ("added", "changed", "deleted", "not_found")},
+            "n_items": m["n_items"], "index_key": m["index_key"], "index_params": m.get("index_params"),
+            "metrics": m.get("metrics", {}), "timings": m.get("timings", {})}
