@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -23,10 +25,13 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from service.batcher import MicroBatcher
+from service.cache import ResultCache
+from service.disconnect import CancelOnDisconnect
 from service.engine import Engine, LoadedVersion, SearchRequest, artifacts_current
 from service.errors import ServiceError, status_of
 from service.metrics import Metrics
 from service.middleware import RequestMiddleware
+from service.querylog import QueryLog
 from service.routes import router
 from service.settings import Settings
 from service.state import ServiceState
@@ -42,15 +47,35 @@ def reload_version(state: ServiceState, version: str | None = None) -> LoadedVer
         state.metrics.reloads.labels("failed").inc()
         raise
     state.metrics.reloads.labels("ok").inc()
-    state.metrics.set_served(lv.model_version, lv.version, str(lv.encoder.device), lv.searcher.placement, lv.n_items)
+    state.metrics.set_served(lv.model_version, lv.version, lv.encoder.describe, lv.searcher.placement, lv.n_items)
     state.warmed = True
     state.load_error = None
     state.metrics.ready.set(1)
     return lv
 
 
+def observe_batch(metrics: Metrics, size: int, waits: Sequence[float]) -> None:
+    """Batch size once per batch; queue wait once per request in it."""
+    metrics.batch_size.observe(size)
+    stage = metrics.stage.labels("queue_wait")
+    for w in waits:
+        stage.observe(w)
+
+
+def query_log_path(path: Path) -> Path:
+    """`{pid}` in the configured path becomes this process's id (one file per worker)."""
+    return Path(str(path).replace("{pid}", str(os.getpid())))
+
+
 def make_batch_runner(state: ServiceState) -> Any:
+    search_threads = state.settings.search_threads
+    import faiss
+
+    faiss.cvar.distance_compute_blas_threshold = state.settings.search_blas_threshold  # process-wide
+
     def run(requests: Sequence[SearchRequest]) -> list[tuple[list, str, str]]:
+        if search_threads:  # per calling thread (and torch may reset it): set it in the worker, every batch
+            faiss.omp_set_num_threads(search_threads)
         t0 = time.perf_counter()
         result = state.engine.search_batch(requests)
         for stage, seconds in result.stages.items():
@@ -84,16 +109,29 @@ async def _follow_current(state: ServiceState, wake: asyncio.Event) -> None:
         wake.clear()
 
 
+async def _follow_denylist(state: ServiceState) -> None:
+    """Re-read DIR/denylist.txt every `denylist_poll_s` (a stat when unchanged), so a listing denied
+    on any replica or by `service deny` disappears from every replica within seconds."""
+    while not state.shutting_down and state.settings.denylist_poll_s > 0:
+        try:
+            await asyncio.to_thread(state.engine.refresh_denylist)
+        except Exception as e:  # noqa: BLE001 - keep the last good list; retry next round
+            log.error("reading the deny-list failed: %s: %s", type(e).__name__, e)
+        await asyncio.sleep(state.settings.denylist_poll_s)
+
+
 def create_app(settings: Settings) -> FastAPI:
     metrics = Metrics()
     engine = Engine(settings)
     batcher = MicroBatcher(
         lambda reqs: [], max_batch=settings.max_batch, max_wait_us=settings.max_wait_us,
         max_queue=settings.max_queue, timeout_s=settings.request_timeout_ms / 1000,
-        on_batch=lambda n, waited: (metrics.batch_size.observe(n), metrics.stage.labels("queue_wait").observe(waited)),
+        on_batch=lambda n, waits: observe_batch(metrics, n, waits),
         on_depth=metrics.queue_depth.set,
     )
     state = ServiceState(settings, engine, metrics, batcher)
+    state.cache = ResultCache(settings.cache_size, on_lookup=lambda hit: metrics.cache.labels("hit" if hit else "miss").inc(),
+                              on_size=metrics.cache_entries.set)
     batcher.run_batch = make_batch_runner(state)
 
     @contextlib.asynccontextmanager
@@ -103,12 +141,16 @@ def create_app(settings: Settings) -> FastAPI:
 
             torch.set_num_threads(settings.torch_threads)
         await batcher.start()
+        if settings.query_log is not None:  # opened per process: each worker writes its own file
+            state.query_log = QueryLog(query_log_path(settings.query_log), redact=settings.query_log_redact,
+                                       max_bytes=settings.query_log_max_bytes, backups=settings.query_log_backups)
         wake = asyncio.Event()
         app.state.wake = wake
         loop = asyncio.get_running_loop()
         with contextlib.suppress(ValueError, NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGHUP, wake.set)  # main thread only
         follower = asyncio.create_task(_follow_current(state, wake), name="follow-current")
+        deny_follower = asyncio.create_task(_follow_denylist(state), name="follow-denylist")
         try:
             yield
         finally:
@@ -117,9 +159,15 @@ def create_app(settings: Settings) -> FastAPI:
             wake.set()
             await batcher.drain()
             follower.cancel()
+            deny_follower.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await follower
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await deny_follower
             await batcher.stop()
+            if state.query_log is not None:
+                await asyncio.to_thread(state.query_log.close)
+            metrics.process_exit()
             with contextlib.suppress(ValueError, NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(signal.SIGHUP)
 
@@ -158,5 +206,6 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Content-Type", "Authorization", "X-Request-ID"])
+    app.add_middleware(CancelOnDisconnect)  # inside RequestMiddleware: a client gone while queued is skipped
     app.add_middleware(RequestMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     return app

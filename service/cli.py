@@ -86,8 +86,14 @@ def cmd_build_index(a: argparse.Namespace) -> int:
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
+    import signal
+
     from service.workers import serve
 
+    # SIGTERM (Kubernetes' stop) is a request, not an error: uvicorn drains in-flight requests, then
+    # re-raises the signal it caught to the handler found here, which exits 0 (the default handler
+    # would kill the process, status -15, after a clean drain). Before uvicorn starts: exit at once.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     overrides: dict[str, Any] = {"artifacts": a.artifacts, "host": a.host, "port": a.port}
     serve(overrides, workers=a.workers)  # docs/SERVING.md: workers, metrics, memory
     return 0

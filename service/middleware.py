@@ -9,6 +9,7 @@ import time
 import uuid
 from typing import Any
 
+from service.logctx import request_id_var
 from service.metrics import Metrics
 
 Scope = dict[str, Any]
@@ -38,6 +39,7 @@ class RequestMiddleware:
         given = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = given if given and len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
+        rid_token = request_id_var.set(request_id)  # every log line of this request names it
         status_box = {"status": 500}
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
@@ -83,7 +85,10 @@ class RequestMiddleware:
         try:
             await self.app(scope, receive_app, send_with_id)
         finally:
+            if scope["state"].get("client_disconnected"):
+                status_box["status"] = 499  # client closed the request (nginx's code); nothing was sent
             self._record(scope, status_box["status"], start, request_id)
+            request_id_var.reset(rid_token)
 
     def _record(self, scope: Scope, status: int, start: float, request_id: str) -> None:
         route = scope.get("route")

@@ -1,4 +1,4 @@
-"""HTTP routes: /search (POST and GET), /healthz, /readyz, /metrics, /admin/reload."""
+"""HTTP routes: /search (POST and GET), /healthz, /readyz, /metrics, /admin/reload, /admin/deny."""
 
 from __future__ import annotations
 
@@ -10,10 +10,21 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
 
+from index import denylist
 from index.filters import Filter
+from service.cache import search_cached
 from service.engine import SearchRequest
 from service.errors import AdminDisabled, InvalidRequest, NotReady, ReloadFailed, Unauthorized
-from service.schemas import ErrorResponse, ReloadBody, SearchBody, SearchFilters, SearchHit, SearchResponse
+from service.logctx import request_id_var
+from service.schemas import (
+    DenyBody,
+    ErrorResponse,
+    ReloadBody,
+    SearchBody,
+    SearchFilters,
+    SearchHit,
+    SearchResponse,
+)
 from service.state import ServiceState, State
 
 router = APIRouter()
@@ -52,11 +63,15 @@ async def run_search(state: ServiceState, req: SearchRequest) -> SearchResponse:
     if not state.warmed or state.shutting_down:
         raise NotReady("the service is not ready")
     start = time.perf_counter()
-    hits, model_version, index_version = await state.batcher.submit(req)
+    (hits, model_version, index_version), cached = await search_cached(state.cache, state.engine,
+                                                                        state.batcher.submit, req)
+    took_ms = (time.perf_counter() - start) * 1000
+    if state.query_log is not None:  # an enqueue; the file is written by the log's own thread
+        state.query_log.record(request_id_var.get(), req.query, req.k, req.offset, req.filter, [h.id for h in hits],
+                               model_version, index_version, took_ms, cached)
     return SearchResponse(
         results=[SearchHit(id=h.id, score=h.score, title=h.title, image=h.image) for h in hits],
-        model_version=model_version, index_version=index_version,
-        took_ms=round((time.perf_counter() - start) * 1000, 3),
+        model_version=model_version, index_version=index_version, took_ms=round(took_ms, 3),
     )
 
 
@@ -108,6 +123,7 @@ async def readyz(state: State) -> JSONResponse:
         "index_version": lv.version,
         "items": lv.n_items,
         "placement": {"encoder": str(lv.encoder.device), "index": lv.searcher.placement},
+        "encoder_runtime": lv.encoder.describe,  # e.g. cpu/int8, cuda/torch+graphs
         "index_key": lv.manifest.get("index_key"),
         "last_reload_error": engine.last_reload_error,
     })
@@ -141,3 +157,18 @@ async def admin_reload(state: State, body: ReloadBody | None = None,
     except Exception as e:  # noqa: BLE001 - the old version keeps serving
         raise ReloadFailed(f"reload failed, still serving the previous version: {e}") from None
     return {"status": "reloaded", "index_version": lv.version, "model_version": lv.model_version}
+
+
+@router.post("/admin/deny", include_in_schema=True, responses={401: {"model": ErrorResponse}})
+async def admin_deny(state: State, body: DenyBody,
+                     authorization: Annotated[str | None, Header()] = None) -> dict[str, str | int]:
+    """Hide listings now (sold, removed): written to DIR/denylist.txt, so every replica follows."""
+    check_admin(state, authorization)
+    path = denylist.denylist_path(state.settings.artifacts)
+    try:
+        ids = await asyncio.to_thread(denylist.update, path, () if body.remove else body.ids,
+                                      body.ids if body.remove else ())
+    except ValueError as e:
+        raise InvalidRequest(f"ids: {e}") from None
+    await asyncio.to_thread(state.engine.refresh_denylist)
+    return {"status": "ok", "denied": len(ids), "generation": state.engine.deny_generation}

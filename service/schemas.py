@@ -58,3 +58,9 @@ class ErrorResponse(BaseModel):
 class ReloadBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     version: StrictStr | None = Field(None, description="version to load (default: DIR/current)")
+
+
+class DenyBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ids: list[StrictStr] = Field(min_length=1, max_length=10_000, description="listing ids to hide (or show again)")
+    remove: bool = Field(False, description="take the ids off the deny-list instead")

@@ -20,11 +20,23 @@ class Settings(BaseSettings):
     version: str | None = Field(None, description="serve this version instead of following DIR/current")
     reload_poll_s: float = Field(5.0, ge=0, description="poll DIR/current every N s for a new version (0: off)")
     verify_checksums: bool = Field(True, description="refuse a version whose files fail their sha256")
+    denylist_poll_s: float = Field(2.0, ge=0, description="re-read DIR/denylist.txt every N s (0: only at "
+                                   "reload and POST /admin/deny); hides sold listings on every replica")
 
     # --- placement
     encoder_device: str = Field("auto", description="auto | cpu | cuda")
     index_device: str = Field("auto", description="auto | cpu | cuda | faiss-cpu | faiss-gpu | torch-cuda")
     torch_threads: int = Field(0, ge=0, description="intra-op threads for the CPU encoder (0: torch default)")
+    encoder_backend: str = Field("auto", description="auto | torch | onnx | int8: the query encoder's runtime "
+                                 "(auto: torch + CUDA graphs on GPU, the measured fastest on CPU; docs/SERVING.md)")
+    search_threads: int = Field(1, ge=0, description="faiss OpenMP threads in the search worker thread (0: "
+                                "faiss default, all cores); 1 keeps OpenMP's spinning threads off the cores that "
+                                "the event loop and the encoder need (2.5x faster p50 on 2 cores, PERFORMANCE.md)")
+    search_blas_threshold: int = Field(4, ge=1, description="faiss runs exact/IVF-Flat scans of this many queries "
+                                       "or more as one BLAS matrix product (faiss' own default, 128000, scans query by "
+                                       "query: 10x slower for a batch of 32 on 100k items, PERFORMANCE.md)")
+    cuda_graphs: bool = Field(True, description="capture the GPU query encoder as CUDA graphs per batch x length "
+                              "bucket at load (off: eager fp16)")
 
     # --- HTTP
     host: str = "127.0.0.1"
@@ -47,9 +59,17 @@ class Settings(BaseSettings):
     max_queue: int = Field(1_024, ge=1, description="queued requests beyond this get 429")
     request_timeout_ms: int = Field(2_000, ge=1, description="per-request deadline (504 after it)")
 
+    # --- result cache and query log (docs/SERVING.md)
+    cache_size: int = Field(10_000, ge=0, description="LRU result cache entries (0: off); emptied on a version swap")
+    query_log: Path | None = Field(None, description="append one JSON line per search here (unset: off)")
+    query_log_redact: bool = Field(False, description="log the query's sha256 instead of its text")
+    query_log_max_bytes: int = Field(64 << 20, ge=1024, description="rotate the query log at this size")
+    query_log_backups: int = Field(5, ge=0, description="rotated query log files kept (path.1 .. path.N)")
+
     # --- warm-up and logs
     warmup_queries: int = Field(16, ge=0)
     log_level: str = "info"
+    log_format: str = Field("json", description="json (one object per line, with request_id) | text")
 
     @field_validator("image_base_url")
     @classmethod

@@ -8,8 +8,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from service.batcher import MicroBatcher
+from service.cache import ResultCache
 from service.engine import Engine
 from service.metrics import Metrics
+from service.querylog import QueryLog
 from service.settings import Settings
 
 
@@ -23,6 +25,8 @@ class ServiceState:
     shutting_down: bool = False
     load_error: str | None = None
     background: list = field(default_factory=list)
+    cache: ResultCache = field(default_factory=lambda: ResultCache(0))  # off unless create_app sets one
+    query_log: QueryLog | None = None
 
 
 def get_state(request: Request) -> ServiceState:

@@ -1,0 +1,76 @@
+"""Several workers: the environment handed to worker processes, the Prometheus multi-process
+folder, and /metrics aggregating the counters of separate processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.app import query_log_path
+from service.workers import prepare_multiprocess_dir, worker_environment
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_worker_environment_exports_settings_and_splits_threads() -> None:
+    env = worker_environment({"artifacts": Path("/a"), "port": 9000, "host": None}, 2, 8, {})
+    assert env == {"SERVICE_ARTIFACTS": "/a", "SERVICE_PORT": "9000", "SERVICE_TORCH_THREADS": "4"}
+    assert "SERVICE_TORCH_THREADS" not in worker_environment({}, 4, 2, {"SERVICE_TORCH_THREADS": "2"})
+    assert worker_environment({}, 4, 2, {})["SERVICE_TORCH_THREADS"] == "1"
+    with pytest.raises(ValueError, match=r"\{pid\}"):
+        worker_environment({}, 2, 2, {"SERVICE_QUERY_LOG": "/var/log/q.jsonl"})
+    assert worker_environment({}, 2, 2, {"SERVICE_QUERY_LOG": "/var/log/q-{pid}.jsonl"})
+    with pytest.raises(ValueError, match="workers"):
+        worker_environment({}, 1, 2, {})
+
+
+def test_query_log_path_names_the_process() -> None:
+    assert query_log_path(Path("/x/q-{pid}.jsonl")) == Path(f"/x/q-{os.getpid()}.jsonl")
+    assert query_log_path(Path("/x/q.jsonl")) == Path("/x/q.jsonl")
+
+
+def test_prepare_multiprocess_dir_empties_a_given_folder(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "counter_123.db").write_bytes(b"stale")
+    (tmp_path / "keep.txt").write_text("not ours")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    path, ours = prepare_multiprocess_dir()
+    assert path == tmp_path and not ours and sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+    path, ours = prepare_multiprocess_dir()
+    try:
+        assert ours and path.is_dir() and os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(path)
+    finally:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        path.rmdir()
+
+
+WORKER = """
+import sys
+from service.metrics import Metrics
+m = Metrics()
+m.requests.labels("/search", "GET", "200").inc(int(sys.argv[1]))
+m.queue_depth.set(int(sys.argv[1]))
+m.set_served("ft-1", "v1", "cpu/int8", "faiss-cpu", 10)
+m.set_served("ft-1", "v2", "cpu/int8", "faiss-cpu", 10)
+if sys.argv[2] == "render":
+    sys.stdout.write(m.render().decode())
+"""
+
+
+def test_metrics_aggregate_across_processes(tmp_path: Path) -> None:
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    for n in ("3", "4"):
+        subprocess.run([sys.executable, "-c", WORKER, n, "quiet"], env=env, check=True, cwd=ROOT, timeout=60)
+    out = subprocess.run([sys.executable, "-c", WORKER, "5", "render"], env=env, check=True, cwd=ROOT,
+                         capture_output=True, text=True, timeout=60).stdout
+    assert 'http_requests_total{method="GET",route="/search",status="200"} 12.0' in out  # 3 + 4 + 5
+    # live gauges of exited processes still count until mark_process_dead (Metrics.process_exit)
+    assert "search_queue_depth 12.0" in out
+    info = [line for line in out.splitlines() if line.startswith("service_build_info{")]
+    assert len(info) == 6  # one series per (version, pid): the old version zeroed, the new one 1
+    assert all(line.endswith(" 0.0") for line in info if 'index_version="v1"' in line)
+    assert all(line.endswith(" 1.0") for line in info if 'index_version="v2"' in line)
