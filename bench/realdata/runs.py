@@ -1,0 +1,91 @@
+"""Training runs of the real-data tables: a short spec per run, built through the ordinary pipeline.
+
+A spec is `objective[:key=value,...]`, e.g. `ft`, `ft:epochs=2`, `clip:epochs=1,lr=1e-3`. Keys:
+epochs, batch_size, trainable_layers, dim, seed (BuildOptions) and any TrainConfig field (lr,
+lr_encoder, cross_view_weight, transport_weight, ...: BuildOptions.train_overrides). The run's
+name is derived from the spec, so a finished run is found again by name and skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.realdata.common import show_command
+from model.config import TrainConfig
+
+BUILD_KEYS = {"epochs": int, "batch_size": int, "trainable_layers": int, "dim": int, "seed": int}
+# Training settings without a BuildOptions field of their own go through train_overrides.
+TRAIN_KEYS = frozenset(f.name for f in dataclasses.fields(TrainConfig)) - {"objective", "epochs", "batch_size",
+                                                                           "seed", "device"}
+CLI_FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "dim": "--dim", "seed": "--seed"}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    objective: str
+    build: dict[str, Any] = field(default_factory=dict)  # BuildOptions fields
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides
+
+    @property
+    def name(self) -> str:
+        parts = [self.objective] + [f"{k}={v}" for k, v in sorted({**self.build, **self.train}.items())]
+        return "_".join(parts).replace("=", "").replace(".", "p").replace("-", "m")
+
+
+def parse_spec(spec: str, defaults: dict[str, Any] | None = None) -> RunSpec:
+    objective, _, rest = spec.partition(":")
+    build: dict[str, Any] = dict(defaults or {})
+    train: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        if key in BUILD_KEYS:
+            build[key] = BUILD_KEYS[key](value)
+        elif key in TRAIN_KEYS:
+            train[key] = type(getattr(TrainConfig(), key))(value)
+        else:
+            raise SystemExit(f"run spec {spec!r}: unknown key {key!r} (build: {sorted(BUILD_KEYS)}; "
+                             f"train: {sorted(TRAIN_KEYS)})")
+    return RunSpec(objective, build, train)
+
+
+def build_run(spec: RunSpec, *, catalog: Path, artifacts: Path, interactions: Path | None,
+              image_cache: Path | None = None) -> dict[str, Any]:
+    """Build (unpublished, exact Flat index) version `spec.name` unless it exists; -> a summary."""
+    from index.artifacts import ArtifactStore
+    from service.pipeline import build_index, build_options
+
+    store = ArtifactStore(artifacts)
+    argv = ["service", "build-index", "--catalog", catalog, "--artifacts", artifacts, "--objective", spec.objective,
+            "--index-key", "Flat", "--device", "cpu", "--no-publish", "--version", spec.name, "--no-progress"]
+    if interactions is not None:
+        argv[4:4] = ["--interactions", interactions]
+    if image_cache is not None:
+        argv += ["--image-cache", image_cache]
+    for key, value in spec.build.items():
+        argv += [CLI_FLAGS[key], value] if key in CLI_FLAGS else []
+    note = ""
+    if spec.train or "trainable_layers" in spec.build:
+        extra = {**spec.train, **({"trainable_layers": spec.build["trainable_layers"]}
+                                  if "trainable_layers" in spec.build else {})}
+        note = f"plus BuildOptions {extra} (no CLI flag: run through bench/realdata/runs.py)"
+    show_command(["nice", "-n", "10", *argv], note)
+    if spec.name not in store.list_versions():
+        build_index(build_options(
+            catalog=catalog, artifacts=artifacts, interactions=interactions, objective=spec.objective,
+            index_key="Flat", device="cpu", publish=False, version=spec.name, progress=False,
+            image_cache=image_cache, train_overrides=dict(spec.train), **spec.build,
+        ))
+        gc.collect()
+    manifest = store.manifest(spec.name)
+    report = json.loads((store.version_dir(spec.name) / "report.json").read_text())
+    history = report["training"]["history"]
+    return {"name": spec.name, "objective": spec.objective, "build": spec.build, "train": spec.train,
+            "version_dir": str(store.version_dir(spec.name)), "timings": manifest.get("timings"),
+            "train_config": manifest.get("train_config"), "pairs": report["training"].get("pairs"),
+            "items_per_s": history.get("items_per_s"), "epochs": history.get("epochs"),
+            "cross_view": manifest.get("metrics", {}).get("cross_view"), "modality_gap": manifest.get("modality_gap")}
