@@ -60,6 +60,7 @@ import faiss  # noqa: E402
 from bench.common import load_queries, machine  # noqa: E402
 from bench.make_artifact import fit_gmm  # noqa: E402
 from index.artifacts import ArtifactStore  # noqa: E402
+from index.build import RERANK_FACTOR  # noqa: E402
 from index.search import EXACT_SUBSET_MAX, FaissCpuSearcher, _exact_subset  # noqa: E402
 from index.tune import ann_recall, exact_topk, tune_search_params  # noqa: E402
 
@@ -203,9 +204,14 @@ def measure(name: str, index: faiss.Index, x: np.ndarray, tune_q: np.ndarray, te
             kth: dict[str, np.ndarray], masks: dict[float, np.ndarray], a: argparse.Namespace) -> dict[str, Any]:
     row: dict[str, Any] = {"bytes_per_item": round(index_bytes(index) / len(x), 1)}
     t0 = time.perf_counter()
-    tuned = tune_search_params(index, x, tune_q, k=10, target=0.95, max_queries=len(tune_q), kth=kth["tune"])
-    row |= {"params": tuned.params, "tune_s": round(time.perf_counter() - t0, 1), "tune_reached": tuned.reached}
-    searcher = FaissCpuSearcher(index, x, tuned.params)
+    # PQ codes are served with an exact re-rank of RERANK_FACTOR * k candidates (index/build.py),
+    # so they are tuned and measured that way; --no-rerank measures the raw codes.
+    rerank = RERANK_FACTOR if faiss.downcast_index(index).__class__.__name__.endswith("PQ") and a.rerank else 0
+    tuned = tune_search_params(index, x, tune_q, k=10, target=0.95, max_queries=len(tune_q), kth=kth["tune"],
+                               rerank=rerank)
+    params = {**tuned.params, **({"rerank": rerank} if rerank else {})}
+    row |= {"params": params, "tune_s": round(time.perf_counter() - t0, 1), "tune_reached": tuned.reached}
+    searcher = FaissCpuSearcher(index, x, params)
     if tuned.params:  # an exact index has recall 1 by construction: no need to scan n x Q again
         found = np.vstack([searcher.search(test_q[s:s + 256], 10).rows for s in range(0, len(test_q), 256)])
         row["recall@10"] = round(ann_recall(x, test_q, found, kth["test"]), 4)
@@ -309,6 +315,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--real-queries", type=int, default=1500, help="sample queries encoded to fit the query mixture")
     ap.add_argument("--hnsw-budget-s", type=float, default=240)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-rerank", dest="rerank", action="store_false",
+                    help="measure PQ codes without the exact re-rank the service applies")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     faiss.omp_set_num_threads(a.threads)

@@ -18,6 +18,11 @@ import numpy as np
 FLAT_MAX_ITEMS = 200_000
 # Above this many vectors (or when fp32 vectors exceed the budget) product quantisation pays.
 PQ_MIN_ITEMS = 5_000_000
+# Product-quantised codes plateau at ANN recall@10 0.62-0.70 on realistic vectors whatever nprobe
+# (docs/PERFORMANCE.md, Index): a PQ index returns RERANK_FACTOR * k candidates, rescored exactly
+# from vectors.npy (k * 8 fp16 rows: ~40 KB read per query at k=10, d=256). Not a faiss parameter.
+RERANK_FACTOR = 8
+SEARCHER_PARAMS = ("rerank",)
 
 
 @dataclass
@@ -97,6 +102,8 @@ def build_index(vectors: np.ndarray, key: str = "auto", *, seed: int = 0, train_
         params["nprobe"] = min(16, faiss.extract_index_ivf(index).nlist)
     if key.upper().startswith("HNSW"):
         params["efSearch"] = 64
+    if "PQ" in key.upper():
+        params["rerank"] = RERANK_FACTOR
     return BuiltIndex(index, key, time.perf_counter() - start, params)
 
 
@@ -118,14 +125,19 @@ def rebuild_index(previous: faiss.Index, key: str, vectors: np.ndarray, *, seed:
     index = faiss.clone_index(previous)
     index.reset()
     index.add(x)
-    return BuiltIndex(index, key, time.perf_counter() - start, {"nprobe": min(16, faiss.extract_index_ivf(index).nlist)})
+    params: dict[str, Any] = {"nprobe": min(16, faiss.extract_index_ivf(index).nlist)}
+    if "PQ" in key.upper():
+        params["rerank"] = RERANK_FACTOR
+    return BuiltIndex(index, key, time.perf_counter() - start, params)
 
 
 def apply_params(index: faiss.Index, params: dict[str, Any]) -> None:
-    """Set search-time parameters (nprobe, efSearch) on a CPU index."""
+    """Set search-time parameters (nprobe, efSearch) on a CPU index; the searcher's own
+    parameters (`rerank`) are not faiss' and are skipped."""
     ps = faiss.ParameterSpace()
     for name, value in params.items():
-        ps.set_index_parameter(index, name, value)
+        if name not in SEARCHER_PARAMS:
+            ps.set_index_parameter(index, name, value)
 
 
 def save_index(index: faiss.Index, path: str) -> None:

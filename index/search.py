@@ -44,20 +44,32 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def choose_placement(requested: str, faiss_gpus: int, cuda: bool) -> str:
-    """requested: auto | cpu | cuda | one of PLACEMENTS -> the placement to use (or ValueError)."""
+def gpu_supported(index: faiss.Index) -> bool:
+    """Whether faiss can clone this index family to a GPU: flat, IVF-Flat, IVF-PQ and IVF-SQ can;
+    HNSW cannot (its graph search has no faiss GPU kernel; cuVS' CAGRA is a different index)."""
+    return not isinstance(index, faiss.IndexHNSW)
+
+
+def choose_placement(requested: str, faiss_gpus: int, cuda: bool, gpu_index_ok: bool = True) -> str:
+    """requested: auto | cpu | cuda | one of PLACEMENTS -> the placement to use (or ValueError).
+
+    `gpu_index_ok` False (an HNSW index): `auto` and `cuda` skip faiss-gpu for the exact torch
+    search when CUDA is there (exact beats an HNSW walk on a GPU), else stay on the CPU."""
     if requested in ("cpu", "faiss-cpu"):
         return "faiss-cpu"
     if requested == "faiss-gpu":
         if faiss_gpus < 1:
             raise ValueError("index_device: faiss-gpu asked for, but the installed faiss sees no GPU")
+        if not gpu_index_ok:
+            raise ValueError("index_device: faiss-gpu asked for, but faiss has no GPU version of this "
+                             "index (HNSW); use torch-cuda, auto, or an IVF index")
         return "faiss-gpu"
     if requested == "torch-cuda":
         if not cuda:
             raise ValueError("index_device: torch-cuda asked for, but torch sees no CUDA device")
         return "torch-cuda"
     if requested in ("auto", "cuda"):
-        if faiss_gpus > 0:
+        if faiss_gpus > 0 and gpu_index_ok:
             return "faiss-gpu"
         if cuda:
             return "torch-cuda"
@@ -98,6 +110,18 @@ def _exact_subset(vectors: np.ndarray, rows: np.ndarray, q: np.ndarray, k: int,
     return SearchResult(scores, out)
 
 
+def rerank_exact(vectors: np.ndarray, q: np.ndarray, rows: np.ndarray, k: int) -> SearchResult:
+    """Rescore candidate rows (B, c) of an approximate search exactly against `vectors` and keep
+    the best k: what turns product-quantised candidates into exact scores and order."""
+    ok = rows >= 0  # (B, c)
+    safe = np.where(ok, rows, 0)
+    cand = np.asarray(vectors[safe.ravel()], dtype=np.float32).reshape(*rows.shape, -1)  # (B, c, d)
+    scores = np.einsum("bd,bcd->bc", q, cand)  # (B, c)
+    scores = np.where(ok, scores, -np.inf).astype(np.float32)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # (B, <= k)
+    return _pad(SearchResult(np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)), k)
+
+
 class Searcher:
     """Base: `search(q (B, d) float32, k, allowed (n,) bool | None) -> SearchResult`."""
 
@@ -131,19 +155,25 @@ class FaissCpuSearcher(Searcher):
             return faiss.SearchParametersHNSW(sel=sel, efSearch=int(self.params.get("efSearch", 64)))
         return faiss.SearchParameters(sel=sel)
 
+    def _ranked(self, q: np.ndarray, k: int, params: Any = None) -> SearchResult:
+        """The index's top k, or with `rerank` its top rerank*k rescored exactly (PQ indexes)."""
+        factor = int(self.params.get("rerank", 0) or 0)
+        depth = min(k * factor if factor > 1 else k, self.ntotal)
+        scores, rows = self.index.search(q, depth, params=params)
+        if factor > 1:
+            return rerank_exact(self.vectors, q, rows, k)
+        return _pad(SearchResult(scores, rows), k)
+
     def search(self, q: np.ndarray, k: int, allowed: np.ndarray | None = None) -> SearchResult:
         q = np.ascontiguousarray(q, dtype=np.float32)
-        k_eff = min(k, self.ntotal)
         if allowed is None:
-            scores, rows = self.index.search(q, k_eff)
-            return _pad(SearchResult(scores, rows), k)
+            return self._ranked(q, k)
         rows_ok = np.flatnonzero(allowed)
         if len(rows_ok) <= EXACT_SUBSET_MAX:
             return _exact_subset(self.vectors, rows_ok, q, k)
         bitmap = np.packbits(allowed, bitorder="little")
         sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
-        scores, rows = self.index.search(q, k_eff, params=self._search_params(sel))
-        return refill_short(_pad(SearchResult(scores, rows), k), len(rows_ok),
+        return refill_short(self._ranked(q, k, self._search_params(sel)), len(rows_ok),
                             lambda short: _exact_subset(self.vectors, rows_ok, q[short], k))
 
 
@@ -189,13 +219,17 @@ class FaissGpuSearcher(FaissCpuSearcher):
     def search(self, q: np.ndarray, k: int, allowed: np.ndarray | None = None) -> SearchResult:
         q = np.ascontiguousarray(q, dtype=np.float32)
         if allowed is None:
-            scores, rows = self.index.search(q, min(k, self.ntotal))
-            return _pad(SearchResult(scores, rows), k)
+            return self._ranked(q, k)
         rows_ok = np.flatnonzero(allowed)
         if len(rows_ok) <= EXACT_SUBSET_MAX:
             return _exact_subset(self.vectors, rows_ok, q, k)
-        return post_filter(self.index.search(q, min(k * self.oversample, self.ntotal)), allowed, k,
-                           lambda missing: _exact_subset(self.vectors, rows_ok, q[missing], k))
+        factor = int(self.params.get("rerank", 0) or 0)
+        depth = min(k * max(self.oversample, factor), self.ntotal)
+        raw = self.index.search(q, depth)
+        if factor > 1:  # exact scores and order for the PQ candidates before filtering
+            exact = rerank_exact(self.vectors, q, raw[1], depth)
+            raw = (exact.scores, exact.rows)
+        return post_filter(raw, allowed, k, lambda missing: _exact_subset(self.vectors, rows_ok, q[missing], k))
 
 
 def post_filter(raw: tuple[np.ndarray, np.ndarray], allowed: np.ndarray, k: int, refill: Any) -> SearchResult:
@@ -243,7 +277,7 @@ def _pad(res: SearchResult, k: int) -> SearchResult:
 
 def make_searcher(index: faiss.Index, vectors: np.ndarray, params: dict[str, Any] | None = None,
                   device: str = "auto") -> Searcher:
-    placement = choose_placement(device, faiss_gpu_count(), cuda_available())
+    placement = choose_placement(device, faiss_gpu_count(), cuda_available(), gpu_supported(index))
     if placement == "faiss-gpu":
         return FaissGpuSearcher(index, vectors, params)
     if placement == "torch-cuda":

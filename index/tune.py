@@ -23,6 +23,7 @@ import faiss
 import numpy as np
 
 from index.build import apply_params
+from index.search import rerank_exact
 
 # Largest efSearch tried: beyond it HNSW costs about as much as an exact scan of a medium catalog.
 MAX_EF_SEARCH = 4096
@@ -88,18 +89,23 @@ def ann_recall(vectors: np.ndarray, queries: np.ndarray, found: np.ndarray, kth_
 
 
 def _measure(index: faiss.Index, name: str, value: int, vectors: np.ndarray, queries: np.ndarray, k: int,
-             kth: np.ndarray) -> tuple[float, float]:
+             kth: np.ndarray, rerank: int = 0) -> tuple[float, float]:
     apply_params(index, {name: value})
     t0 = time.perf_counter()
-    _, found = index.search(queries, k)
+    _, found = index.search(queries, min(k * rerank, index.ntotal) if rerank > 1 else k)
+    if rerank > 1:  # as the searcher serves a PQ index: candidates rescored exactly (index/search.py)
+        found = rerank_exact(vectors, queries, found, k).rows
     ms = 1000 * (time.perf_counter() - t0) / len(queries)
     return ann_recall(vectors, queries, found, kth), ms
 
 
 def tune_search_params(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, *, k: int = 10,
                        target: float = 0.95, max_queries: int = 1000, seed: int = 0,
-                       kth: np.ndarray | None = None) -> TuneResult:
+                       kth: np.ndarray | None = None, rerank: int = 0) -> TuneResult:
     """Smallest nprobe / efSearch reaching `target` recall@k on `queries` (Q, d); applied to `index`.
+
+    `rerank` > 1: recall is measured as the searcher serves the index, its top rerank*k rescored
+    exactly from `vectors` (the `rerank` search parameter of PQ indexes).
 
     `kth` (Q,): the exact k-th scores of the queries, when already known (benchmarks compute them
     once for several indexes); else they are computed here by brute force."""
@@ -126,7 +132,7 @@ def tune_search_params(index: faiss.Index, vectors: np.ndarray, queries: np.ndar
 
     def at(v: int) -> float:
         if v not in tried:
-            tried[v] = _measure(index, name, v, vectors, q, k, kth)
+            tried[v] = _measure(index, name, v, vectors, q, k, kth, rerank)
         return tried[v][0]
 
     below, value = None, lo

@@ -170,7 +170,8 @@ def _retune(built: BuiltIndex, x: np.ndarray, folder: Path, parent: dict[str, An
     if not path.is_file() or not prev:
         return
     queries = np.load(path).astype(np.float32)  # (Q, d)
-    tuned = tune_search_params(built.index, x, queries, k=int(prev.get("k", 10)), target=float(prev.get("target", 0.95)))
+    tuned = tune_search_params(built.index, x, queries, k=int(prev.get("k", 10)), target=float(prev.get("target", 0.95)),
+                               rerank=int(built.params.get("rerank", 0)))
     built.params.update(tuned.params)
     built.tuning = {**tuned.to_dict(), "queries": prev.get("queries", "")}
 
