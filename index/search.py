@@ -210,11 +210,19 @@ class FaissGpuSearcher(FaissCpuSearcher):
     placement = "faiss-gpu"
     oversample = 4
 
-    def __init__(self, index: faiss.Index, vectors: np.ndarray, params: dict[str, Any] | None = None):
+    def __init__(self, index: faiss.Index, vectors: np.ndarray, params: dict[str, Any] | None = None,
+                 shard: bool = False):
         co = faiss.GpuMultipleClonerOptions()
         co.useFloat16 = True
+        # shard=False: every visible GPU holds a full replica (more QPS); True: the index is split
+        # across them and each query goes to all shards (more capacity: an index too big for one GPU).
+        co.shard = bool(shard)
         gpu_index = faiss.index_cpu_to_all_gpus(index, co=co)
         super().__init__(gpu_index, vectors, params)
+        self.shard = bool(shard)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "gpu_shard": self.shard}
 
     def search(self, q: np.ndarray, k: int, allowed: np.ndarray | None = None) -> SearchResult:
         q = np.ascontiguousarray(q, dtype=np.float32)
@@ -276,10 +284,10 @@ def _pad(res: SearchResult, k: int) -> SearchResult:
 
 
 def make_searcher(index: faiss.Index, vectors: np.ndarray, params: dict[str, Any] | None = None,
-                  device: str = "auto") -> Searcher:
+                  device: str = "auto", gpu_shard: bool = False) -> Searcher:
     placement = choose_placement(device, faiss_gpu_count(), cuda_available(), gpu_supported(index))
     if placement == "faiss-gpu":
-        return FaissGpuSearcher(index, vectors, params)
+        return FaissGpuSearcher(index, vectors, params, shard=gpu_shard)
     if placement == "torch-cuda":
         return TorchCudaSearcher(vectors)
     return FaissCpuSearcher(index, vectors, params)

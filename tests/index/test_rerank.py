@@ -91,3 +91,31 @@ def test_hnsw_is_never_placed_on_faiss_gpu(data) -> None:
     assert choose_placement("auto", 1, True, gpu_index_ok=True) == "faiss-gpu"
     with pytest.raises(ValueError, match="HNSW"):
         choose_placement("faiss-gpu", 1, True, gpu_index_ok=False)
+
+
+def test_faiss_gpu_replicates_by_default_and_shards_when_asked(data, monkeypatch) -> None:
+    """The faiss-gpu cloning options, checked without a GPU: the cloner is replaced by a recorder."""
+    import faiss
+
+    import index.search as search_mod
+
+    seen: list[bool] = []
+
+    class Options:
+        useFloat16 = False
+        shard = False
+
+    def clone(index, co=None):
+        seen.append(co.shard)
+        return index  # the CPU index stands in for the GPU copy
+
+    monkeypatch.setattr(faiss, "GpuMultipleClonerOptions", Options, raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", clone)
+    monkeypatch.setattr(search_mod, "faiss_gpu_count", lambda: 2)
+    x, _, q = data
+    index = build_index(x[:1000], "Flat").index
+    replicated = search_mod.make_searcher(index, x[:1000], {}, "auto")
+    sharded = search_mod.make_searcher(index, x[:1000], {}, "auto", gpu_shard=True)
+    assert seen == [False, True]
+    assert replicated.placement == "faiss-gpu" and sharded.describe()["gpu_shard"] is True
+    np.testing.assert_array_equal(sharded.search(q[:5], 10).rows, exact_topk(x[:1000], q[:5], 10)[1])
