@@ -28,7 +28,7 @@ from service.batcher import MicroBatcher
 from service.cache import ResultCache
 from service.disconnect import CancelOnDisconnect
 from service.engine import Engine, LoadedVersion, SearchRequest, artifacts_current
-from service.errors import ServiceError, status_of
+from service.errors import ServiceError, public_message, status_of
 from service.metrics import Metrics
 from service.middleware import RequestMiddleware
 from service.querylog import QueryLog
@@ -73,7 +73,7 @@ def make_batch_runner(state: ServiceState) -> Any:
 
     faiss.cvar.distance_compute_blas_threshold = state.settings.search_blas_threshold  # process-wide
 
-    def run(requests: Sequence[SearchRequest]) -> list[tuple[list, str, str]]:
+    def run(requests: Sequence[SearchRequest]) -> list[tuple[list, str, str, str | None]]:
         if search_threads:  # per calling thread (and torch may reset it): set it in the worker, every batch
             faiss.omp_set_num_threads(search_threads)
         t0 = time.perf_counter()
@@ -81,7 +81,9 @@ def make_batch_runner(state: ServiceState) -> Any:
         for stage, seconds in result.stages.items():
             state.metrics.stage.labels(stage).observe(seconds)
         state.metrics.stage.labels("total").observe(time.perf_counter() - t0)
-        return [(hits, result.model_version, result.index_version) for hits in result.hits]
+        modes = result.modes or [None] * len(result.hits)  # the mode each request was answered in
+        return [(hits, result.model_version, result.index_version, mode)
+                for hits, mode in zip(result.hits, modes, strict=True)]
 
     return run
 
@@ -184,7 +186,9 @@ def create_app(settings: Settings) -> FastAPI:
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
         code = status_of(exc)
         headers = {"Retry-After": "1"} if code in (429, 503) else None
-        return JSONResponse({"error": type(exc).__name__, "message": str(exc)}, status_code=code, headers=headers)
+        # no server paths in any message (a reload error names files)
+        message = public_message(str(exc), settings.artifacts)
+        return JSONResponse({"error": type(exc).__name__, "message": message}, status_code=code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -207,5 +211,10 @@ def create_app(settings: Settings) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Content-Type", "Authorization", "X-Request-ID"])
     app.add_middleware(CancelOnDisconnect)  # inside RequestMiddleware: a client gone while queued is skipped
-    app.add_middleware(RequestMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    def shed(path: str) -> str | None:  # the batcher's own 429, decided before any routing (overload)
+        if path == "/search" and batcher.depth >= settings.max_queue:
+            return f"too many queued requests (max_queue={settings.max_queue}); retry later"
+        return None
+
+    app.add_middleware(RequestMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes, shed=shed)
     return app

@@ -1,6 +1,8 @@
 """The result cache: frequent queries answered without queueing, encoding or searching.
 
-An LRU map from (normalised query, k, offset, filter key, version) to the finished hits. It is
+An LRU map from (normalised query, k, offset, filter key, search options, version) to the finished
+hits; the options are the mode (dense, lexical, hybrid) and the fusion with its weights, so two
+requests that differ only there never share an entry. It is
 checked before the micro-batcher, so a hit skips the queue entirely. Keys carry the served version
 and the whole cache is emptied when the version changes, so a hot reload never serves results of
 the old index (and the old entries do not linger, holding memory). The query is normalised the
@@ -17,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
-CacheKey = tuple[str, int, int, Hashable]
+CacheKey = tuple[str, int, int, Hashable, Hashable]
 
 
 def normalise_query(query: str) -> str:
@@ -44,8 +46,8 @@ class ResultCache:
         return len(self._data)
 
     @staticmethod
-    def key(query: str, k: int, offset: int, filter_key: Hashable) -> CacheKey:
-        return normalise_query(query), k, offset, filter_key
+    def key(query: str, k: int, offset: int, filter_key: Hashable, options: Hashable = None) -> CacheKey:
+        return normalise_query(query), k, offset, filter_key, options
 
     def _follow(self, version: str | None) -> None:
         if version != self.version:
@@ -96,7 +98,8 @@ async def search_cached(cache: ResultCache, engine: Any, submit: Callable[[Any],
     if not cache.enabled:
         return await submit(req), False
     version = (engine.current.version, getattr(engine, "deny_generation", 0))
-    key = cache.key(req.query, req.k, req.offset, req.filter.key())
+    options = req.options_key() if hasattr(req, "options_key") else None  # mode + fusion
+    key = cache.key(req.query, req.k, req.offset, req.filter.key(), options)
     hit = cache.get(key, version)
     if hit is not None:
         return hit, True

@@ -107,6 +107,10 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if a.out:
         Path(a.out).write_text(text)
     print(text)
+    if metrics.get("modes"):  # dense, lexical and hybrid side by side (service/evaluate_cmd.py)
+        from service.report import modes_table
+
+        print(modes_table(metrics["modes"]), file=sys.stderr)
     return 0
 
 
@@ -129,7 +133,8 @@ def cmd_versions(a: argparse.Namespace) -> int:
         m = store.manifest(v)
         mark = "*" if v == current else " "
         print(f"{mark} {v}  objective={m.get('objective')} items={m.get('n_items')} "
-              f"recall@100={m.get('metrics', {}).get('recall@100', 'n/a')} gate={m.get('gate', {}).get('passed')}")
+              f"recall@100={m.get('metrics', {}).get('recall@100', 'n/a')} gate={m.get('gate', {}).get('passed')} "
+              f"lexical={'yes' if m.get('lexical') else 'no (hybrid serves dense)'}")
     return 0
 
 
@@ -208,8 +213,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         return int(args.func(args))
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        # Domain errors (bad rows, bad files, bad artifacts) print one clear line, no traceback.
+    except (ValueError, OSError, RuntimeError) as e:
+        # Domain errors (bad rows, bad files, bad artifacts) and I/O failures (a full disk, a
+        # permission) print one clear line, no traceback; `current` is left as it was.
         print(f"service {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,9 +1,14 @@
 """The search engine: a loaded artifact version and a batch search over it.
 
-`LoadedVersion` is everything one version needs to answer (query encoder, placed index, listing
-metadata, filter columns), loaded and checked as a unit. `Engine` holds the served version behind a
-single reference: a reload builds and warms the new one beside the old and swaps the reference, so
-a batch that started on the old version finishes on it and every response names its version.
+`LoadedVersion` is everything one version needs to answer (query encoder, placed index, lexical
+index when the version has one, listing metadata, filter columns), loaded and checked as a unit.
+`Engine` holds the served version behind a single reference: a reload builds and warms the new one
+beside the old and swaps the reference, so a batch that started on the old version finishes on it
+and every response names its version.
+
+Modes (service/fusion.py): `dense` (query tower + FAISS), `lexical` (BM25, index/lexical.py) and
+`hybrid` (both lists fused). A version built before the lexical index existed answers `lexical`
+and `hybrid` requests densely, and says so (`BatchResult.modes`, /readyz).
 """
 
 from __future__ import annotations
@@ -26,10 +31,13 @@ from index.artifacts import ArtifactError, ArtifactStore
 from index.build import load_index
 from index.denylist import DenyRows
 from index.filters import Filter, FilterColumns
+from index.lexical import META as LEXICAL_META
+from index.lexical import LexicalIndex, top_k
 from index.metadata import ListingStore
 from index.search import Searcher, make_searcher
 from model.query_encoder import EncoderOptions, QueryEncoder
 from service.errors import NotReady
+from service.fusion import FusionSpec, hybrid_one
 from service.settings import Settings
 
 log = logging.getLogger("service.engine")
@@ -41,6 +49,12 @@ class SearchRequest:
     k: int = 10
     offset: int = 0
     filter: Filter = field(default_factory=Filter)
+    mode: str | None = None  # dense | lexical | hybrid; None: the settings' search_mode
+    fusion: FusionSpec | None = None  # None: the settings' fusion
+
+    def options_key(self) -> tuple:
+        """The search options as a hashable (part of the result cache key)."""
+        return (self.mode, self.fusion.key() if self.fusion is not None else None)
 
 
 @dataclass
@@ -57,6 +71,13 @@ class BatchResult:
     model_version: str
     index_version: str
     stages: dict[str, float]
+    modes: list[str] = field(default_factory=list)  # the mode each request was answered in
+
+
+def fusion_spec(settings: Settings) -> FusionSpec:
+    """The default fusion of /search from the settings."""
+    return FusionSpec(settings.fusion, settings.rrf_k, settings.dense_weight, settings.lexical_weight,
+                      settings.fusion_candidates)
 
 
 def resolve_encoder_device(requested: str) -> str:
@@ -83,6 +104,7 @@ class LoadedVersion:
     searcher: Searcher
     store: ListingStore
     filters: FilterColumns
+    lexical: LexicalIndex | None = None  # None: a version built without one (hybrid -> dense)
 
     @property
     def model_version(self) -> str:
@@ -112,6 +134,7 @@ def load_version(settings: Settings, version: str | None = None) -> LoadedVersio
         index = load_index(str(folder / "index.faiss"))
         vectors = np.load(folder / "vectors.npy", mmap_mode="r")
         listings = ListingStore(folder / "listings.sqlite")
+        lexical = load_lexical(folder, manifest)
     except (ValueError, OSError, sqlite3.DatabaseError) as e:
         raise ArtifactError(f"{folder}: unreadable artifact ({type(e).__name__}: {e})") from e
     n, dim = manifest["n_items"], manifest["dim"]
@@ -120,11 +143,26 @@ def load_version(settings: Settings, version: str | None = None) -> LoadedVersio
         "vectors.npy rows": (vectors.shape[0], n), "vectors.npy dim": (vectors.shape[1], dim),
         "listings": (listings.count, n),
     }
+    if lexical is not None:
+        checks["lexical documents"] = (lexical.n_docs, n)
     for what, (got, want) in checks.items():
         if got != want:
             raise ArtifactError(f"{folder}: {what} is {got}, the manifest says {want}")
-    searcher = make_searcher(index, vectors, manifest.get("index_params"), settings.index_device)
-    return LoadedVersion(version, manifest, encoder, searcher, listings, listings.filter_columns())
+    searcher = make_searcher(index, vectors, manifest.get("index_params"), settings.index_device,
+                             gpu_shard=settings.index_gpu_shard)
+    return LoadedVersion(version, manifest, encoder, searcher, listings, listings.filter_columns(), lexical)
+
+
+def load_lexical(folder: Path, manifest: dict[str, Any]) -> LexicalIndex | None:
+    """The version's lexical index; None for a version built without one (a version whose manifest
+    names one that is missing is an error, not a silent fallback)."""
+    if not (folder / LEXICAL_META).is_file():
+        if manifest.get("lexical"):
+            raise ArtifactError(f"{folder / LEXICAL_META}: missing, but the manifest lists a lexical index")
+        log.warning("%s: no lexical index (built before hybrid search): lexical and hybrid requests are "
+                    "answered by the dense index", folder)
+        return None
+    return LexicalIndex.load(folder)
 
 
 def warm(lv: LoadedVersion, n_queries: int) -> None:
@@ -134,12 +172,15 @@ def warm(lv: LoadedVersion, n_queries: int) -> None:
         q = lv.encoder.encode(probes[:size])
         res = lv.searcher.search(q, 10)
         lv.store.get([int(r) for r in res.rows.ravel() if r >= 0])
+    if lv.lexical is not None:
+        lv.lexical.search(probes[:3], 10)
 
 
 class Engine:
     def __init__(self, settings: Settings):
         self.settings = settings
         self._current: LoadedVersion | None = None
+        self.fusion = fusion_spec(settings)  # the default fusion; a request may bring its own
         self._reload_lock = threading.Lock()
         self.last_reload_error: str | None = None
         # Deny-list (index/denylist.py): (generation, ids) replaced as one reference, the file's stamp,
@@ -210,45 +251,98 @@ class Engine:
             return ref
         return self.settings.image_base_url + quote(ref.lstrip("/"))
 
+    def resolve(self, r: SearchRequest, lv: LoadedVersion) -> tuple[str, FusionSpec]:
+        """The mode and fusion `r` is answered with on `lv` (no lexical index: dense)."""
+        mode = r.mode or self.settings.search_mode
+        if mode != "dense" and lv.lexical is None:
+            mode = "dense"
+        return mode, r.fusion or self.fusion
+
+    @staticmethod
+    def depth(r: SearchRequest, mode: str, spec: FusionSpec) -> int:
+        """Rows each list is searched to for `r`: its page, or the fusion's candidates."""
+        return spec.depth(r.k, r.offset) if mode == "hybrid" else r.offset + r.k
+
     def search_batch(self, requests: Sequence[SearchRequest]) -> BatchResult:
-        """Encode every query once, search unfiltered ones together, filtered ones per filter."""
+        """Encode the dense and hybrid queries once, search unfiltered ones together and filtered ones
+        per filter; score lexical and hybrid queries with BM25 under the same filter; fuse hybrid."""
         lv = self.current  # one snapshot for the whole batch
+        plans = [self.resolve(r, lv) for r in requests]
         stages: dict[str, float] = {}
         t0 = time.perf_counter()
-        with lv.encoder.lock:  # static token/output buffers: one batch at a time
-            ids, mask = lv.encoder.tokenize([r.query for r in requests])  # (B, T) static buffers
-            t_tok = time.perf_counter()
-            qvecs = lv.encoder.encode_tokens(ids, mask).copy()  # (B, d) out of the reused buffer
+        qvecs = np.zeros((len(requests), lv.encoder.dim), np.float32)  # (B, d); zeros for lexical-only
+        t_tok = t0
+        need = [i for i, (mode, _) in enumerate(plans) if mode != "lexical"]
+        if need:
+            with lv.encoder.lock:  # static token/output buffers: one batch at a time
+                ids, mask = lv.encoder.tokenize([requests[i].query for i in need])  # (b, T) static buffers
+                t_tok = time.perf_counter()
+                qvecs[need] = lv.encoder.encode_tokens(ids, mask)  # (b, d) copied out of the reused buffer
         stages["tokenize"] = t_tok - t0
         t1 = time.perf_counter()
         stages["encode"] = t1 - t_tok
-        rows = [np.empty(0, np.int64)] * len(requests)
-        scores = [np.empty(0, np.float32)] * len(requests)
+        dense: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        lexical: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         groups: dict[Any, list[int]] = {}
         for i, r in enumerate(requests):
             groups.setdefault(None if r.filter.empty else r.filter.key(), []).append(i)
         deny = self.deny_rows(lv)
+        t_lex = 0.0
         for key, members in groups.items():
-            depth = max(requests[i].k + requests[i].offset for i in members)
-            mask = None if key is None else lv.filters.mask(requests[members[0]].filter)
-            mask, extra = deny.plan(mask)  # denied listings: a row mask, or oversample and drop
-            res = lv.searcher.search(qvecs[members], depth + extra, mask)
-            if extra:
-                res = deny.drop(res, depth)
-            for j, i in enumerate(members):
-                lo, hi = requests[i].offset, requests[i].offset + requests[i].k
-                keep = res.rows[j, lo:hi] >= 0
-                rows[i], scores[i] = res.rows[j, lo:hi][keep], res.scores[j, lo:hi][keep]
+            fmask = None if key is None else lv.filters.mask(requests[members[0]].filter)
+            dm = [i for i in members if plans[i][0] != "lexical"]
+            if dm:
+                depth = max(self.depth(requests[i], *plans[i]) for i in dm)
+                mask, extra = deny.plan(fmask)  # denied listings: a row mask, or oversample and drop
+                res = lv.searcher.search(qvecs[dm], depth + extra, mask)
+                if extra:
+                    res = deny.drop(res, depth)
+                for j, i in enumerate(dm):
+                    dense[i] = (res.rows[j], res.scores[j])
+            lm = [i for i in members if plans[i][0] != "dense"]
+            if lm and lv.lexical is not None:
+                tl = time.perf_counter()
+                allowed = fmask
+                if len(deny):
+                    allowed = np.ones(lv.n_items, dtype=bool) if fmask is None else fmask.copy()
+                    allowed[deny.rows] = False
+                for i in lm:
+                    full = lv.lexical.scores(requests[i].query)  # (n,)
+                    rows_i, scores_i = top_k(full, self.depth(requests[i], *plans[i]), allowed)
+                    lexical[i] = (rows_i, scores_i, full)
+                t_lex += time.perf_counter() - tl
         t2 = time.perf_counter()
-        stages["search"] = t2 - t1
+        stages["search"] = t2 - t1 - t_lex
+        if lexical:
+            stages["lexical"] = t_lex
+        rows: list[np.ndarray] = []
+        scores: list[np.ndarray] = []
+        for i, r in enumerate(requests):
+            mode, spec = plans[i]
+            if mode == "dense":
+                rr, ss = dense[i]
+            elif mode == "lexical":
+                rr, ss = lexical[i][0], lexical[i][1]
+            else:
+                q, full = qvecs[i], lexical[i][2]
+                rr, ss = hybrid_one(dense[i][0], lexical[i][0], spec, spec.depth(r.k, r.offset),
+                                    lambda rs, q=q: np.asarray(lv.searcher.vectors[rs], np.float32) @ q,
+                                    lambda rs, full=full: full[rs])
+            rr, ss = rr[r.offset:r.offset + r.k], ss[r.offset:r.offset + r.k]
+            keep = rr >= 0
+            rows.append(rr[keep])
+            scores.append(ss[keep])
+        t3 = time.perf_counter()
+        if any(mode == "hybrid" for mode, _ in plans):
+            stages["fuse"] = t3 - t2
         meta = lv.store.get([int(r) for rr in rows for r in rr])
         hits = [
             [Hit(meta[int(r)]["id"], float(s), meta[int(r)]["title"], self.image_url(meta[int(r)]["image"]))
              for r, s in zip(rr, ss, strict=True)]
             for rr, ss in zip(rows, scores, strict=True)
         ]
-        stages["metadata"] = time.perf_counter() - t2
-        return BatchResult(hits, lv.model_version, lv.version, stages)
+        stages["metadata"] = time.perf_counter() - t3
+        return BatchResult(hits, lv.model_version, lv.version, stages, [mode for mode, _ in plans])
 
 
 def artifacts_current(settings: Settings) -> str | None:

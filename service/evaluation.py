@@ -1,6 +1,8 @@
 """Evaluating an index against judgments: query vectors in, metrics out, over the FULL catalog.
 
 Used by `build-index` (before publishing) and by `service eval` (on any version, published or not).
+`mode_rankings` ranks the same queries dense, lexical and hybrid (service/fusion.py, the engine's own
+per-query fusion), so `service eval` reports the three side by side.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from index.lexical import LexicalIndex, top_k
 from index.search import FaissCpuSearcher, Searcher, _exact_subset
 from model.interactions import Judgments
 from model.metrics import ranking_metrics, recall_at_k
+from service.fusion import FusionSpec, hybrid_one
 
 RECALL_KS = (10, 100, 500)
 CURVE_KS = (1, 2, 5, 10, 20, 50, 100, 200, 500)
@@ -83,3 +87,36 @@ def evaluate(
         "search_ms_per_query": 1000 * (t2 - t1) / max(1, len(queries)),
     }
     return metrics
+
+
+def mode_rankings(searcher: Searcher, lexical: LexicalIndex, ids: Sequence[str], queries: Sequence[str],
+                  qvecs: np.ndarray, k: int, spec: FusionSpec, batch: int = 256) -> dict[str, list[list[str]]]:
+    """Top-k listing ids per query in each mode, as the engine answers a request for k results."""
+    depth = spec.depth(k, 0)
+    out: dict[str, list[list[str]]] = {"dense": [], "lexical": [], "hybrid": []}
+    vectors = searcher.vectors
+    for start in range(0, len(queries), batch):
+        res = searcher.search(qvecs[start:start + batch], depth)
+        for j, q in enumerate(queries[start:start + batch]):
+            qv = qvecs[start + j]
+            full = lexical.scores(q)  # (n,)
+            lex_rows, _ = top_k(full, depth)
+            fused, _ = hybrid_one(res.rows[j], lex_rows, spec, depth,
+                                  lambda rs, qv=qv: np.asarray(vectors[rs], np.float32) @ qv,
+                                  lambda rs, full=full: full[rs])
+            out["dense"].append([ids[r] for r in res.rows[j][:k] if r >= 0])
+            out["lexical"].append([ids[r] for r in lex_rows[:k]])
+            out["hybrid"].append([ids[r] for r in fused[:k]])
+    return out
+
+
+def evaluate_modes(searcher: Searcher, lexical: LexicalIndex, ids: Sequence[str], encode: Any,
+                   judgments: Judgments, spec: FusionSpec) -> dict[str, Any]:
+    """Dense, lexical and hybrid metrics of the judged queries, side by side (+ the fusion used)."""
+    queries = judgments.queries
+    qvecs = np.asarray(encode(queries), dtype=np.float32)
+    ranked = mode_rankings(searcher, lexical, ids, queries, qvecs, max(RECALL_KS), spec)
+    out: dict[str, Any] = {mode: evaluate_rankings(r, queries, judgments) for mode, r in ranked.items()}
+    out["fusion"] = dict(zip(("method", "rrf_k", "dense_weight", "lexical_weight", "candidates"), spec.key(),
+                             strict=True))
+    return out

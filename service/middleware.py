@@ -7,6 +7,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from service.logctx import request_id_var
@@ -27,8 +28,12 @@ def _error(status: int, code: str, message: str, request_id: str) -> tuple[dict,
 class RequestMiddleware:
     """Adds X-Request-ID, enforces max_body_bytes (413), records latency by route and status."""
 
-    def __init__(self, app: Any, metrics: Metrics, max_body_bytes: int):
+    def __init__(self, app: Any, metrics: Metrics, max_body_bytes: int,
+                 shed: Callable[[str], str | None] | None = None):
         self.app, self.metrics, self.max_body = app, metrics, max_body_bytes
+        # shed(path) -> a 429 message when that route's queue is full: answered here, before routing,
+        # validation and the handler, so a 429 costs the event loop almost nothing under overload
+        self.shed = shed
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -76,6 +81,16 @@ class RequestMiddleware:
                     return {"type": "http.request", "body": buffered, "more_body": False}
                 return await receive()
 
+        refusal = self.shed(scope.get("path", "")) if self.shed is not None else None
+        if refusal is not None:
+            first, body = _error(429, "Overloaded", refusal, request_id)
+            first["headers"].append((b"retry-after", b"1"))
+            await send(first)
+            await send(body)
+            self._record(scope, 429, start, request_id, scope.get("path"))
+            request_id_var.reset(rid_token)
+            return
+
         async def send_with_id(message: Any) -> None:
             if message["type"] == "http.response.start":
                 status_box["status"] = message["status"]
@@ -90,9 +105,9 @@ class RequestMiddleware:
             self._record(scope, status_box["status"], start, request_id)
             request_id_var.reset(rid_token)
 
-    def _record(self, scope: Scope, status: int, start: float, request_id: str) -> None:
+    def _record(self, scope: Scope, status: int, start: float, request_id: str, path: str | None = None) -> None:
         route = scope.get("route")
-        path = getattr(route, "path", None) or "unmatched"
+        path = path or getattr(route, "path", None) or "unmatched"
         elapsed = time.perf_counter() - start
         method = scope.get("method", "")
         self.metrics.requests.labels(path, method, str(status)).inc()

@@ -28,6 +28,7 @@ import torch
 from index.artifacts import ArtifactStore, new_version_name
 from index.build import BuiltIndex, save_index
 from index.build import build_index as build_faiss
+from index.lexical import LexicalIndex
 from index.metadata import ListingRecord, write_listings
 from index.search import FaissCpuSearcher
 from index.tune import tune_search_params
@@ -44,8 +45,9 @@ from model.objectives import make_objective
 from model.text import TrunkCache, load_text_encoder, resolve_weights_dir, text_weights_digest
 from model.towers import TwoTower
 from model.train import Trainer, build_trunk, resolve_device, seed_everything
-from model.views import ViewTable, build_view_table
-from service.evaluation import evaluate
+from model.views import ViewTable, build_view_table, tags_text
+from service.evaluation import evaluate, evaluate_modes
+from service.fusion import FusionSpec
 
 log = logging.getLogger("service.build")
 # Above this many listings the per-view embeddings are not all held at once (cross-view skipped).
@@ -95,6 +97,8 @@ class BuildOptions:
     tune_queries: int = 1000
     # Judgments at or above this relevance count as relevant (None: above the file's lowest grade).
     min_relevant: float | None = None
+    # Build the BM25 index beside the dense one (index/lexical.py; hybrid search needs it).
+    lexical: bool = True
 
 
 @dataclass
@@ -224,6 +228,19 @@ def listing_records(listings: Sequence[Listing], start: int = 0) -> list[Listing
     ]
 
 
+def lexical_documents(listings: Sequence[Listing]) -> list[str]:
+    """Each listing's text views as one document for the lexical index: title, then category,
+    tags and attributes, then description (the dense model's text views, concatenated)."""
+    return ["\n".join(p for p in (lst.title, tags_text(lst), lst.description) if p) for lst in listings]
+
+
+def record_documents(records: Sequence[ListingRecord]) -> list[str]:
+    """The lexical documents that listing metadata alone allows (title, category, attributes): used
+    when a version is written without the catalog's listings (a caller that passes no documents)."""
+    return ["\n".join([r.title, r.category or "", "; ".join(f"{k}: {v}" for k, v in r.attributes.items())]).strip()
+            for r in records]
+
+
 def tuning_queries(inputs: Inputs, limit: int, seed: int) -> tuple[list[str], str]:
     """Held-out query texts to tune the index with, and where they came from: the judged queries,
     else a sample of the logged queries, else pseudo-queries cut from listings (never listing
@@ -252,7 +269,8 @@ def index_stage(vectors: np.ndarray, opts: BuildOptions, queries: np.ndarray | N
     if queries is not None and len(queries):
         t0 = time.perf_counter()
         tuned = tune_search_params(built.index, vectors, queries, k=opts.served_k, target=opts.target_ann_recall,
-                                   max_queries=opts.tune_queries, seed=opts.seed)
+                                   max_queries=opts.tune_queries, seed=opts.seed,
+                                   rerank=int(built.params.get("rerank", 0)))
         built.params.update(tuned.params)
         built.tuning = {**tuned.to_dict(), "queries": query_source, "seconds": time.perf_counter() - t0}
         if not tuned.reached:
@@ -262,11 +280,17 @@ def index_stage(vectors: np.ndarray, opts: BuildOptions, queries: np.ndarray | N
 
 
 def evaluate_stage(built: BuiltIndex, vectors: np.ndarray, ids: Sequence[str], encode: Callable[[list[str]], np.ndarray],
-                   judgments: Judgments | None, opts: BuildOptions) -> dict[str, Any]:
-    """Metrics against judgments; without them, the tuned ANN recall is what the gate can check."""
+                   judgments: Judgments | None, opts: BuildOptions, lexical: LexicalIndex | None = None) -> dict[str, Any]:
+    """Metrics against judgments; without them, the tuned ANN recall is what the gate can check.
+    With a lexical index, `modes` adds dense, lexical and hybrid (default fusion) side by side."""
     if judgments is not None:
-        return evaluate(FaissCpuSearcher(built.index, vectors, built.params), ids, encode, judgments,
-                        served_k=opts.served_k)
+        searcher = FaissCpuSearcher(built.index, vectors, built.params)
+        metrics = evaluate(searcher, ids, encode, judgments, served_k=opts.served_k)
+        if lexical is not None:
+            modes = evaluate_modes(searcher, lexical, ids, encode, judgments, FusionSpec())
+            keep = ("ndcg@10", "recall@10", "recall@100", "recall@500", "mrr@10")
+            metrics["modes"] = {m: ({k: v[k] for k in keep} if m != "fusion" else v) for m, v in modes.items()}
+        return metrics
     if built.tuning:
         return {f"ann_recall@{built.tuning['k']}": built.tuning["recall"]}
     return {}
@@ -289,11 +313,16 @@ def gate(metrics: dict[str, Any], opts: BuildOptions) -> list[str]:
 
 def write_version(store: ArtifactStore, opts: BuildOptions, *, save_weights: Callable[[Path], str],
                   tokenizer: Path, built: BuiltIndex, vectors: np.ndarray, records: Sequence[ListingRecord],
-                  tune_vectors: np.ndarray | None, report: dict[str, Any], manifest: dict[str, Any]) -> BuildResult:
+                  tune_vectors: np.ndarray | None, report: dict[str, Any], manifest: dict[str, Any],
+                  lexical_docs: Sequence[str] | None = None,
+                  lexical_index: LexicalIndex | None = None) -> BuildResult:
     """Stage every file, commit (checksums), then publish unless the gate fails (GateFailed).
 
     `save_weights(path) -> sha256` writes model.safetensors; `manifest` gets the model digest,
-    index key, parameters and tuning, the gate's verdict, and the file checksums added."""
+    index key, parameters and tuning, the gate's verdict, and the file checksums added. The lexical
+    index (lexical.json + lexical.*, one document per row: `lexical_docs`, else `record_documents(records)`) is
+    built unless `opts.lexical` is off (or taken as `lexical_index`, built from those documents
+    already); its files are checksummed with the rest."""
     version = opts.version or new_version_name()
     failures = gate(manifest.get("metrics", {}), opts)
     with store.stage(version) as staged:
@@ -304,6 +333,16 @@ def write_version(store: ArtifactStore, opts: BuildOptions, *, save_weights: Cal
         if tune_vectors is not None and len(tune_vectors):
             np.save(staged.path / "tune_queries.npy", np.asarray(tune_vectors, dtype=np.float16))
         write_listings(staged.path / "listings.sqlite", records)
+        lexical = None
+        if opts.lexical:
+            t0 = time.perf_counter()
+            docs = list(lexical_docs) if lexical_docs is not None else record_documents(records)
+            if len(docs) != int(vectors.shape[0]):
+                raise ValueError(f"lexical documents: {len(docs)} for {vectors.shape[0]} vectors")
+            lex = lexical_index or LexicalIndex.build(docs)
+            lex.save(staged.path, docs)  # lexical.json + lexical.* beside index.faiss
+            lexical = {**lex.describe(), "documents": "listings" if lexical_docs is not None else "metadata",
+                       "build_seconds": round(time.perf_counter() - t0, 3)}
         (staged.path / "report.json").write_text(json.dumps(report, indent=2, default=float))
         manifest = {
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -316,6 +355,8 @@ def write_version(store: ArtifactStore, opts: BuildOptions, *, save_weights: Cal
             "index_tuning": built.tuning,
             "gate": {"passed": not failures, "failures": failures},
         }
+        if lexical is not None:
+            manifest["lexical"] = lexical
         path = store.commit(staged, manifest)
     manifest = store.manifest(version)
     if failures:
@@ -366,8 +407,10 @@ def build_index(opts: BuildOptions) -> BuildResult:
     timings["index_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    docs = lexical_documents(inputs.catalog.listings)
+    lexical = LexicalIndex.build(docs) if opts.lexical else None
     metrics = evaluate_stage(built, vectors, data.views.ids, lambda qs: embed_queries(model, tokenizer, qs, device),
-                             inputs.judgments, opts)
+                             inputs.judgments, opts, lexical)
     timings["eval_s"] = time.perf_counter() - t
     if crossview:
         metrics["cross_view"] = crossview
@@ -389,6 +432,7 @@ def build_index(opts: BuildOptions) -> BuildResult:
         ArtifactStore(opts.artifacts), opts, save_weights=lambda p: save_model(model, p),
         tokenizer=resolve_weights_dir(opts.text_weights or None) / "tokenizer.json", built=built, vectors=vectors,
         records=listing_records(inputs.catalog.listings), tune_vectors=qvecs, report=report, manifest=manifest,
+        lexical_docs=docs, lexical_index=lexical,
     )
 
 

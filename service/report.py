@@ -29,6 +29,20 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def modes_table(modes: dict[str, Any]) -> str:
+    """`service eval`'s dense / lexical / hybrid metrics as one Markdown table."""
+    cols = ("ndcg@10", "recall@10", "recall@100", "recall@500", "mrr@10")
+    lines = ["| mode | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for mode in ("dense", "lexical", "hybrid"):
+        if mode in modes:
+            lines.append(f"| {mode} | " + " | ".join(f"{modes[mode].get(c, float('nan')):.3f}" for c in cols) + " |")
+    f = modes.get("fusion") or {}
+    if f:
+        lines.append("")
+        lines.append("fusion: " + ", ".join(f"{k}={v}" for k, v in f.items()))
+    return "\n".join(lines)
+
+
 def _plots(results: Sequence[dict[str, Any]], out: Path) -> list[str]:
     import matplotlib
 

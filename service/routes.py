@@ -5,20 +5,23 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from typing import Annotated
+from dataclasses import replace
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from index import denylist
 from index.filters import Filter
 from service.cache import search_cached
 from service.engine import SearchRequest
-from service.errors import AdminDisabled, InvalidRequest, NotReady, ReloadFailed, Unauthorized
+from service.errors import AdminDisabled, InvalidRequest, NotReady, ReloadFailed, Unauthorized, public_message
+from service.fusion import FusionSpec
 from service.logctx import request_id_var
 from service.schemas import (
     DenyBody,
     ErrorResponse,
+    FusionWeights,
     ReloadBody,
     SearchBody,
     SearchFilters,
@@ -29,10 +32,35 @@ from service.state import ServiceState, State
 
 router = APIRouter()
 ERRORS = {code: {"model": ErrorResponse} for code in (413, 422, 429, 503, 504)}
-GET_PARAMS = {"q", "k", "offset", "category", "price_min", "price_max"}
+GET_PARAMS = {"q", "k", "offset", "category", "price_min", "price_max", "mode", "fusion", "rrf_k",
+              "dense_weight", "lexical_weight"}
+FALLBACK = "this index version has no lexical index: answered by the dense index"
 
 
-def to_request(state: ServiceState, query: str, k: int, offset: int, filters: SearchFilters | None) -> SearchRequest:
+def search_options(state: ServiceState, mode: str | None, fusion: str | None, rrf_k: int | None,
+                   weights: FusionWeights | None) -> tuple[str, FusionSpec | None]:
+    """The request's mode and fusion, defaults from the settings (422 on a bad combination).
+    Only a hybrid request carries a fusion, so dense requests share cache entries whatever weights."""
+    mode = mode or state.settings.search_mode
+    if mode != "hybrid":
+        return mode, None
+    changes: dict = {}
+    if fusion is not None:
+        changes["method"] = fusion
+    if rrf_k is not None:
+        changes["rrf_k"] = rrf_k
+    if weights is not None and weights.dense is not None:
+        changes["dense_weight"] = float(weights.dense)
+    if weights is not None and weights.lexical is not None:
+        changes["lexical_weight"] = float(weights.lexical)
+    try:
+        return mode, replace(state.engine.fusion, **changes)
+    except ValueError as e:
+        raise InvalidRequest(str(e)) from None
+
+
+def to_request(state: ServiceState, query: str, k: int, offset: int, filters: SearchFilters | None,
+               mode: str | None = None, fusion: FusionSpec | None = None) -> SearchRequest:
     """Validate against the configured limits (422 with a message naming the field)."""
     s = state.settings
     text = " ".join(query.split())
@@ -40,6 +68,8 @@ def to_request(state: ServiceState, query: str, k: int, offset: int, filters: Se
         raise InvalidRequest("query: must not be empty")
     if len(query) > s.max_query_chars:
         raise InvalidRequest(f"query: {len(query)} characters, the limit is {s.max_query_chars}")
+    if not text.isascii() and any("\ud800" <= ch <= "\udfff" for ch in text):  # JSON "\ud800": not Unicode text
+        raise InvalidRequest("query: contains an unpaired surrogate (not valid Unicode)")
     if not 1 <= k <= s.max_k:
         raise InvalidRequest(f"k: {k} is outside 1..{s.max_k}")
     if not 0 <= offset <= s.max_offset:
@@ -56,15 +86,16 @@ def to_request(state: ServiceState, query: str, k: int, offset: int, filters: Se
                                price.min if price else None, price.max if price else None)
         except ValueError as e:
             raise InvalidRequest(f"filters.{e}") from None
-    return SearchRequest(text, k, offset, flt)
+    return SearchRequest(text, k, offset, flt, mode, fusion)
 
 
 async def run_search(state: ServiceState, req: SearchRequest) -> SearchResponse:
     if not state.warmed or state.shutting_down:
         raise NotReady("the service is not ready")
     start = time.perf_counter()
-    (hits, model_version, index_version), cached = await search_cached(state.cache, state.engine,
-                                                                        state.batcher.submit, req)
+    answer, cached = await search_cached(state.cache, state.engine, state.batcher.submit, req)
+    hits, model_version, index_version = answer[:3]
+    mode = answer[3] if len(answer) > 3 else None  # the mode that answered (dense on a fallback)
     took_ms = (time.perf_counter() - start) * 1000
     if state.query_log is not None:  # an enqueue; the file is written by the log's own thread
         state.query_log.record(request_id_var.get(), req.query, req.k, req.offset, req.filter, [h.id for h in hits],
@@ -72,12 +103,14 @@ async def run_search(state: ServiceState, req: SearchRequest) -> SearchResponse:
     return SearchResponse(
         results=[SearchHit(id=h.id, score=h.score, title=h.title, image=h.image) for h in hits],
         model_version=model_version, index_version=index_version, took_ms=round(took_ms, 3),
+        mode=mode, fallback=FALLBACK if mode is not None and req.mode not in (None, mode) else None,
     )
 
 
 @router.post("/search", response_model=SearchResponse, response_model_exclude_none=True, responses=ERRORS)
 async def search_post(body: SearchBody, state: State) -> SearchResponse:
-    return await run_search(state, to_request(state, body.query, body.k, body.offset, body.filters))
+    mode, fusion = search_options(state, body.mode, body.fusion, body.rrf_k, body.weights)
+    return await run_search(state, to_request(state, body.query, body.k, body.offset, body.filters, mode, fusion))
 
 
 @router.get("/search", response_model=SearchResponse, response_model_exclude_none=True, responses=ERRORS)
@@ -90,17 +123,25 @@ async def search_get(
     category: Annotated[list[str] | None, Header(include_in_schema=False)] = None,
     price_min: float | None = None,
     price_max: float | None = None,
+    mode: Literal["dense", "lexical", "hybrid"] | None = None,
+    fusion: Literal["rrf", "weighted"] | None = None,
+    rrf_k: Annotated[int | None, Query(ge=0, le=10_000)] = None,
+    dense_weight: Annotated[float | None, Query(ge=0, le=1000, allow_inf_nan=False)] = None,
+    lexical_weight: Annotated[float | None, Query(ge=0, le=1000, allow_inf_nan=False)] = None,
 ) -> SearchResponse:
     unknown = sorted(set(request.query_params) - GET_PARAMS)
     if unknown:
-        raise InvalidRequest(f"unknown query parameter(s): {', '.join(unknown)}")
+        more = f" (+{len(unknown) - 10} more)" if len(unknown) > 10 else ""  # bounded: never echo 2,000 names
+        raise InvalidRequest(f"unknown query parameter(s): {', '.join(unknown[:10])}{more}")
     categories = request.query_params.getlist("category") or None
     price = {"min": price_min, "max": price_max} if price_min is not None or price_max is not None else None
     try:
         filters = SearchFilters(category=categories, price=price) if categories or price else None
     except ValueError as e:
         raise InvalidRequest(f"filters: {str(e).splitlines()[-1].strip()}") from None
-    return await run_search(state, to_request(state, q, k, offset, filters))
+    weights = FusionWeights(dense=dense_weight, lexical=lexical_weight)
+    mode_, fusion_ = search_options(state, mode, fusion, rrf_k, weights)
+    return await run_search(state, to_request(state, q, k, offset, filters, mode_, fusion_))
 
 
 @router.get("/healthz")
@@ -114,7 +155,8 @@ async def readyz(state: State) -> JSONResponse:
     """Readiness: model and index loaded and warmed, not shutting down."""
     engine = state.engine
     if not state.warmed or not engine.ready or state.shutting_down:
-        reason = "shutting down" if state.shutting_down else (state.load_error or "loading")
+        reason = "shutting down" if state.shutting_down else public_message(state.load_error or "loading",
+                                                                            state.settings.artifacts)
         return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
     lv = engine.current
     return JSONResponse({
@@ -125,11 +167,16 @@ async def readyz(state: State) -> JSONResponse:
         "placement": {"encoder": str(lv.encoder.device), "index": lv.searcher.placement},
         "encoder_runtime": lv.encoder.describe,  # e.g. cpu/int8, cuda/torch+graphs
         "index_key": lv.manifest.get("index_key"),
-        "last_reload_error": engine.last_reload_error,
+        "search_modes": {"default": state.settings.search_mode,
+                         "available": ["dense", "lexical", "hybrid"] if lv.lexical is not None else ["dense"],
+                         "lexical_index": lv.lexical is not None,
+                         **({} if lv.lexical is not None else {"fallback": FALLBACK})},
+        "last_reload_error": engine.last_reload_error and public_message(engine.last_reload_error,
+                                                                          state.settings.artifacts),
     })
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)  # documents text/plain in the OpenAPI schema
 async def metrics(state: State) -> Response:
     state.metrics.queue_depth.set(state.batcher.depth)
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator
 
@@ -28,12 +28,23 @@ class SearchFilters(BaseModel):
         return [v] if isinstance(v, str) else v
 
 
+class FusionWeights(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dense: Annotated[Number | None, Field(ge=0, le=1000, allow_inf_nan=False)] = None
+    lexical: Annotated[Number | None, Field(ge=0, le=1000, allow_inf_nan=False)] = None
+
+
 class SearchBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     query: StrictStr = Field(description="the shopper's query")
     k: StrictInt = Field(10, description="number of results (1..max_k)")
     offset: StrictInt = Field(0, description="results to skip, for pagination (0..max_offset)")
     filters: SearchFilters | None = None
+    mode: Literal["dense", "lexical", "hybrid"] | None = Field(
+        None, description="dense (embeddings), lexical (BM25) or hybrid (both, fused); default: the setting")
+    fusion: Literal["rrf", "weighted"] | None = Field(None, description="how hybrid fuses; default: the setting")
+    rrf_k: StrictInt | None = Field(None, ge=0, le=10_000, description="the RRF constant (fusion rrf)")
+    weights: FusionWeights | None = Field(None, description="weight of each list in the fusion")
 
 
 class SearchHit(BaseModel):
@@ -48,6 +59,8 @@ class SearchResponse(BaseModel):
     model_version: str
     index_version: str
     took_ms: float
+    mode: str | None = Field(None, description="the mode that answered: dense, lexical or hybrid")
+    fallback: str | None = Field(None, description="why the mode differs from the one asked for")
 
 
 class ErrorResponse(BaseModel):

@@ -7,6 +7,7 @@ Every path, limit and device is here, so a deployment changes behaviour without 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,6 +27,8 @@ class Settings(BaseSettings):
     # --- placement
     encoder_device: str = Field("auto", description="auto | cpu | cuda")
     index_device: str = Field("auto", description="auto | cpu | cuda | faiss-cpu | faiss-gpu | torch-cuda")
+    index_gpu_shard: bool = Field(False, description="faiss-gpu with several GPUs: split the index across them "
+                                  "(capacity) instead of a full copy on each (throughput)")
     torch_threads: int = Field(0, ge=0, description="intra-op threads for the CPU encoder (0: torch default)")
     encoder_backend: str = Field("auto", description="auto | torch | onnx | int8: the query encoder's runtime "
                                  "(auto: torch + CUDA graphs on GPU, the measured fastest on CPU; docs/SERVING.md)")
@@ -58,6 +61,17 @@ class Settings(BaseSettings):
     max_wait_us: int = Field(500, ge=0, description="how long a batch waits for company (microseconds)")
     max_queue: int = Field(1_024, ge=1, description="queued requests beyond this get 429")
     request_timeout_ms: int = Field(2_000, ge=1, description="per-request deadline (504 after it)")
+
+    # --- hybrid retrieval: dense + lexical (BM25), fused (docs/SERVING.md, docs/RESULTS.md); per-request options
+    search_mode: Literal["dense", "lexical", "hybrid"] = Field(
+        "hybrid", description="default mode of /search; hybrid falls back to dense on a version without a lexical index")
+    fusion: Literal["rrf", "weighted"] = Field("weighted", description="weighted (min-max normalised scores; chosen on "
+                                               "validation queries, docs/RESULTS.md) | rrf (reciprocal rank)")
+    rrf_k: int = Field(60, ge=0, le=10_000, description="the RRF constant")
+    dense_weight: float = Field(0.8, ge=0, le=1000, description="weight of the dense list in the fusion")
+    lexical_weight: float = Field(0.2, ge=0, le=1000, description="weight of the lexical list in the fusion")
+    fusion_candidates: int = Field(100, ge=1, le=10_000, description="rows taken from each list before fusing "
+                                   "(at least offset + k)")
 
     # --- result cache and query log (docs/SERVING.md)
     cache_size: int = Field(10_000, ge=0, description="LRU result cache entries (0: off); emptied on a version swap")

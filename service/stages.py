@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from index.artifacts import VERSION_RE, ArtifactStore, new_version_name, sha256_file, write_atomic
+from index.lexical import LexicalIndex
 from model.catalog import Listing, load_catalog
 from model.checkpoint import load_model, save_model
 from model.config import ImageConfig
@@ -49,6 +50,7 @@ from service.pipeline import (
     featurize_images,
     image_cache_dir,
     index_stage,
+    lexical_documents,
     listing_records,
     load_inputs,
     options_to_dict,
@@ -266,8 +268,10 @@ def index_run(artifacts: Path, run: str, **overrides: Any) -> BuildResult:
     built = index_stage(vectors, opts, qvecs, source)
     timings["index_s"] = time.perf_counter() - t
     t = time.perf_counter()
+    docs = lexical_documents(inputs.catalog.listings)
+    lexical = LexicalIndex.build(docs) if opts.lexical else None
     metrics = evaluate_stage(built, vectors, ids, lambda qs: embed_queries(model, tokenizer, qs, device),
-                             inputs.judgments, opts)
+                             inputs.judgments, opts, lexical)
     timings["eval_s"] = time.perf_counter() - t
     trained = json.loads((r.path / "train.json").read_text())
     timings = {**trained["timings"], "embed_s": sum(m["seconds"] for m in metas), **timings}
@@ -292,6 +296,7 @@ def index_run(artifacts: Path, run: str, **overrides: Any) -> BuildResult:
         ArtifactStore(opts.artifacts), opts, save_weights=lambda p: _copy_weights(r.model_path, p),
         tokenizer=r.path / "tokenizer.json", built=built, vectors=vectors,
         records=listing_records(inputs.catalog.listings), tune_vectors=qvecs, report=report, manifest=manifest,
+        lexical_docs=docs, lexical_index=lexical,
     )
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from index import denylist
 from index.artifacts import ArtifactError, ArtifactStore, sha256_file
 from index.build import BuiltIndex, load_index, rebuild_index
+from index.lexical import read_documents
 from index.metadata import ListingRecord, ListingStore
 from index.tune import tune_search_params
 from model.catalog import CatalogError, Listing, iter_rows, load_catalog
@@ -34,7 +35,14 @@ from model.checkpoint import load_model
 from model.image import backbone_digest
 from model.text import Tokenizer
 from model.train import resolve_device
-from service.pipeline import BuildOptions, BuildResult, listing_records, write_version
+from service.pipeline import (
+    BuildOptions,
+    BuildResult,
+    lexical_documents,
+    listing_records,
+    record_documents,
+    write_version,
+)
 from service.stages import embed_with_model
 
 log = logging.getLogger("service.update")
@@ -153,7 +161,7 @@ def update_index(artifacts: Path, delta_path: Path | None = None, delete_ids: Pa
     result = write_version(store, opts, save_weights=lambda p: _copy(folder / "model.safetensors", p),
                            tokenizer=folder / "tokenizer.json", built=built, vectors=x, records=merged,
                            tune_vectors=tune, report={"update": update, "timings": timings, "metrics": metrics},
-                           manifest=manifest)
+                           manifest=manifest, lexical_docs=carried_documents(folder, records, merged, delta))
     if result.published:
         prune_denylist(artifacts)
         relisted = denylist.read_ids(denylist.denylist_path(artifacts)) & {lst.id for lst in delta.upserts}
@@ -161,6 +169,18 @@ def update_index(artifacts: Path, delta_path: Path | None = None, delete_ids: Pa
             log.warning("the deny-list still hides %d upserted listing(s) (e.g. %s): `service deny --remove` "
                         "shows them", len(relisted), sorted(relisted)[0])
     return result
+
+
+def carried_documents(folder: Path, records: list[ListingRecord], merged: list[ListingRecord],
+                      delta: Delta) -> list[str]:
+    """The lexical documents of the merged rows: unchanged listings keep the parent version's (its
+    lexical.docs.jsonl; from metadata for a version without one), upserts get their full text views."""
+    old = read_documents(folder)
+    if old is None or len(old) != len(records):
+        old = record_documents(records)
+    docs = {r.id: d for r, d in zip(records, old, strict=True)}
+    docs.update(zip([lst.id for lst in delta.upserts], lexical_documents(delta.upserts), strict=True))
+    return [docs[r.id] for r in merged]
 
 
 def _retune(built: BuiltIndex, x: np.ndarray, folder: Path, parent: dict[str, Any]) -> None:

@@ -86,7 +86,7 @@ def test_trained_beats_untrained_and_shuffled_control(tiny_build, tiny_builder, 
 
 def test_search_response_shape_get_and_filters(client) -> None:
     body = client.post("/search", json={"query": "red mug", "k": 5}).json()
-    assert set(body) == {"results", "model_version", "index_version", "took_ms"}
+    assert set(body) == {"results", "model_version", "index_version", "took_ms", "mode"}
     assert len(body["results"]) == 5
     hit = body["results"][0]
     assert set(hit) <= {"id", "score", "title", "image"} and isinstance(hit["score"], float)

@@ -1,0 +1,59 @@
+"""Copy a benchmark artifact's version and add a lexical index, so the engine can be timed in every mode.
+
+    nice -n 19 .venv/bin/python bench/hybrid_artifact.py --src var/bench/a100k-ivf --out var/bench/a100k-hybrid
+
+bench/make_artifact.py writes versions without a lexical index (they serve dense). This writes a
+new artifact folder whose version is the source's files plus a lexical index over what the
+listing metadata holds (`service.pipeline.record_documents`: title, category, attributes), with
+fresh checksums, published as `current`. Then, e.g.:
+
+    SERVICE_SEARCH_MODE=dense  nice -n 19 .venv/bin/python bench/inprocess.py --artifacts var/bench/a100k-hybrid
+    SERVICE_SEARCH_MODE=hybrid nice -n 19 .venv/bin/python bench/inprocess.py --artifacts var/bench/a100k-hybrid
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from index.artifacts import MANIFEST, ArtifactStore  # noqa: E402
+from index.lexical import LexicalIndex  # noqa: E402
+from index.metadata import ListingStore  # noqa: E402
+from service.pipeline import record_documents  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--src", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    a = ap.parse_args(argv)
+    src = ArtifactStore(a.src)
+    version = src.current_version()
+    if version is None:
+        raise SystemExit(f"{a.src}: no current version")
+    folder = src.version_dir(version)
+    manifest = src.manifest(version)
+    out = ArtifactStore(a.out)
+    with out.stage(version) as staged:
+        for p in folder.iterdir():
+            if p.is_file() and p.name != MANIFEST and not p.name.startswith("lexical."):
+                shutil.copyfile(p, staged.path / p.name)
+        t0 = time.perf_counter()
+        docs = record_documents(list(ListingStore(staged.path / "listings.sqlite").records()))
+        lex = LexicalIndex.build(docs)
+        lex.save(staged.path)
+        manifest["lexical"] = {**lex.describe(), "documents": "metadata", "build_seconds": time.perf_counter() - t0}
+        out.commit(staged, {k: v for k, v in manifest.items() if k not in ("schema_version", "version", "files")})
+    out.publish(version)
+    print(f"{a.out}: version {version} with a lexical index over {len(docs)} listings "
+          f"({manifest['lexical']['build_seconds']:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""The lexical index: BM25 over the listings' text views, beside the dense FAISS index.
+
+Texts in, rows out, like the rest of `index/`. The engine is `bm25s` (pure Python + numpy +
+scipy): it precomputes every (token, document) BM25 weight at build time into a sparse CSC matrix,
+so a query is a sum of a few columns and a top-k, with no JVM or native server to run beside the
+service, saved as plain `.npy` + JSON (no pickle) that `ArtifactStore` checksums like every other
+file. (Tantivy would add a Rust extension and its own segment files and merge policy for what is,
+at catalog scale, one immutable index rebuilt per version.)
+
+Tokenisation (`tokenize`, version `TOKENIZER`): lowercase; tokens are runs of letters and digits.
+Identifiers get two extra forms so "SM-G991B", "sm g991b" and "smg991b" meet:
+  - a chunk of tokens joined by `-`, `.`, `/` or `_` that holds letters AND digits ("sm-g991b")
+    also yields the tokens glued together ("smg991b");
+  - a token mixing letters and digits ("rtx4070", "90x200") also yields its letter and digit runs
+    ("rtx", "4070"; "90", "x", "200"), so "RTX 4070" finds a title written "RTX4070".
+No stop words, no stemming: model numbers and sizes are what the lexical side is for.
+
+Scoring: bm25s' Lucene variant, k1 = 1.5, b = 0.75. A document scoring 0 shares no token with the
+query and is never returned (a lexical ranking may be shorter than k).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index.search import SearchResult
+
+TOKENIZER = "alnum-v1"
+META = "lexical.json"
+DOCS = "lexical.docs.jsonl"  # the indexed texts, one JSON string per row (update-index carries them)
+# bm25s' files, flat beside the version's other files (prefixed, so a version folder stays flat).
+FILES = {"data_name": "lexical.data.npy", "indices_name": "lexical.indices.npy",
+         "indptr_name": "lexical.indptr.npy", "vocab_name": "lexical.vocab.json", "params_name": "lexical.params.json"}
+_TOKEN = re.compile(r"[a-z0-9]+")
+_CHUNK = re.compile(r"[a-z0-9]+(?:[-./_][a-z0-9]+)+")
+_RUNS = re.compile(r"[a-z]+|[0-9]+")
+
+
+def _mixed(token: str) -> bool:
+    return any(c.isdigit() for c in token) and any(c.isalpha() for c in token)
+
+
+def tokenize(text: str) -> list[str]:
+    """The index's (and the query's) tokens, in text order, with the identifier forms added."""
+    low = text.lower()
+    out: list[str] = []
+    for tok in _TOKEN.findall(low):
+        out.append(tok)
+        if _mixed(tok):
+            out.extend(_RUNS.findall(tok))
+    for chunk in _CHUNK.findall(low):
+        glued = "".join(_TOKEN.findall(chunk))
+        if _mixed(glued):
+            out.append(glued)
+    return out
+
+
+@dataclass(frozen=True)
+class LexicalConfig:
+    # BM25 term saturation: Lucene's and Elasticsearch's default, fine for short titles.
+    k1: float = 1.5
+    # Length normalisation: the same default; a long description does not drown a title match.
+    b: float = 0.75
+    tokenizer: str = TOKENIZER
+
+
+class LexicalIndex:
+    """BM25 over n documents: `scores(query)` for every row, `search(queries, k, allowed)` top-k."""
+
+    def __init__(self, engine: Any, n_docs: int, cfg: LexicalConfig) -> None:
+        self._bm25 = engine
+        self.n_docs = n_docs
+        self.cfg = cfg
+        self._vocab: dict[str, int] = dict(engine.vocab_dict)
+
+    @classmethod
+    def build(cls, docs: Sequence[str], cfg: LexicalConfig | None = None) -> LexicalIndex:
+        import bm25s
+
+        cfg = cfg or LexicalConfig()
+        engine = bm25s.BM25(k1=cfg.k1, b=cfg.b, method="lucene")
+        # An empty document keeps its row (as the empty token, never a query token): rows = listings.
+        engine.index([tokenize(d) or [""] for d in docs], show_progress=False)
+        return cls(engine, len(docs), cfg)
+
+    def save(self, folder: Path, docs: Sequence[str] | None = None) -> None:
+        """Write the index into `folder` (created): lexical.json + bm25s' arrays and vocabulary (FILES),
+        and the documents themselves when given (so a later version can re-index unchanged rows)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self._bm25.save(folder, show_progress=False, **FILES)
+        if docs is not None:
+            if len(docs) != self.n_docs:
+                raise ValueError(f"lexical documents: {len(docs)} given for an index of {self.n_docs}")
+            with open(folder / DOCS, "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(d, ensure_ascii=False) + "\n" for d in docs)
+        meta = {"engine": "bm25s", **asdict(self.cfg), "n_docs": self.n_docs, "vocab": len(self._vocab)}
+        (folder / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+    @classmethod
+    def load(cls, folder: Path) -> LexicalIndex:
+        """Read an index written by `save` (ValueError when it is not one this code can read)."""
+        import bm25s
+
+        folder = Path(folder)
+        try:
+            meta = json.loads((folder / META).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{folder / META}: unreadable ({e})") from e
+        if meta.get("tokenizer") != TOKENIZER:
+            raise ValueError(f"{folder / META}: tokenizer {meta.get('tokenizer')!r}, this code has {TOKENIZER!r}")
+        engine = bm25s.BM25.load(folder, show_progress=False, allow_pickle=False, **FILES)
+        n = int(meta["n_docs"])
+        if int(engine.scores["num_docs"]) != n:
+            raise ValueError(f"{folder}: {engine.scores['num_docs']} documents, {META} says {n}")
+        return cls(engine, n, LexicalConfig(float(meta["k1"]), float(meta["b"]), meta["tokenizer"]))
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": "bm25s", "n_docs": self.n_docs, "vocab": len(self._vocab), **asdict(self.cfg)}
+
+    def scores(self, query: str) -> np.ndarray:
+        """(n,) float32 BM25 score of every document (0 where no token is shared)."""
+        ids = [self._vocab[t] for t in tokenize(query) if t in self._vocab]
+        if not ids:
+            return np.zeros(self.n_docs, dtype=np.float32)
+        return np.asarray(self._bm25.get_scores_from_ids(ids), dtype=np.float32)
+
+    def search(self, queries: Sequence[str], k: int, allowed: np.ndarray | None = None) -> SearchResult:
+        """Top-k rows per query among `allowed` rows ((n,) bool, None = all), best first, ties by
+        row; padded with -1 / -inf where fewer than k documents share a token with the query."""
+        rows = np.full((len(queries), k), -1, dtype=np.int64)
+        out = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        for i, q in enumerate(queries):
+            r, s = top_k(self.scores(q), k, allowed)
+            rows[i, :len(r)], out[i, :len(r)] = r, s
+        return SearchResult(out, rows)
+
+
+def read_documents(folder: Path) -> list[str] | None:
+    """The documents a version's lexical index was built from, or None when it did not keep them."""
+    path = Path(folder) / DOCS
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def top_k(scores: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows with a positive score (and allowed), the k best by score desc then row -> (rows, scores)."""
+    cand = np.flatnonzero(scores > 0)  # usually a small fraction of the catalog
+    if allowed is not None:
+        cand = cand[allowed[cand]]
+    if len(cand) > k:  # everything at least as good as the k-th score (ties kept, cut by row below)
+        kth = -np.partition(-scores[cand], k - 1)[k - 1]
+        cand = cand[scores[cand] >= kth]
+    cand = cand[np.lexsort((cand, -scores[cand]))][:k]
+    return cand.astype(np.int64), scores[cand].astype(np.float32)

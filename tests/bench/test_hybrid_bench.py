@@ -1,0 +1,32 @@
+"""bench/realdata/hybrid.py's documented rule for identifier-like queries, and its sample split."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bench.realdata.hybrid import identifier_like, split_sample  # noqa: E402
+
+
+@pytest.mark.parametrize("query, expected", [
+    ("SM-G991B", True), ("rtx 4070", True), ("2x4 stud", True), ("1/2 in. pvc pipe", True),
+    ("90 x 200 cm", True), ("12 volt drill", True), ("behr 4616809045", True),
+    ("deck over", False), ("angle bracket", False), ("3 shelf bookcase", False), ("", False),
+])
+def test_identifier_like_rule(query: str, expected: bool) -> None:
+    assert identifier_like(query) is expected
+
+
+def test_split_sample_halves_by_query(tmp_path: Path) -> None:
+    rows = [{"query": f"q{i % 40}", "item_id": str(i), "relevance": 1} for i in range(200)]
+    src = tmp_path / "j.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    files = split_sample(src, tmp_path / "out")
+    sides = {s: {json.loads(x)["query"] for x in p.read_text().splitlines() if x} for s, p in files.items()}
+    assert not sides["val"] & sides["test"] and len(sides["val"] | sides["test"]) == 40
+    assert 10 <= len(sides["test"]) <= 30
