@@ -183,14 +183,17 @@ def _split_pipe(value: str) -> list[str]:
     return [part.strip() for part in value.split("|") if part.strip()]
 
 
+def _not_utf8(text: str) -> bool:
+    """True when `text` holds bytes that were not UTF-8 (decoded with errors="surrogateescape")."""
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
 def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any] | CatalogError]]:
-    try:
-        f = open(path, encoding="utf-8", newline="")  # noqa: SIM115 (closed below)
+    # surrogateescape: a bad byte costs its own row (rejected with the reason), never the rest of the file
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
         header = f.readline()
-    except UnicodeDecodeError as e:
-        yield 1, CatalogError(str(path), 1, "row", f"not valid UTF-8 ({e.reason})")
-        return
-    with f:
+        if _not_utf8(header):
+            raise CatalogError(str(path), 1, "header", "not valid UTF-8 (no row can be read without the header)")
         f.seek(0)
         reader = csv.DictReader(f)
         line = 1 if header else 0
@@ -199,15 +202,16 @@ def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any] | CatalogError]]
                 raw = next(reader)
             except StopIteration:
                 return
-            except UnicodeDecodeError as e:
-                yield reader.line_num + 1, CatalogError(str(path), reader.line_num + 1, "row", f"not valid UTF-8 ({e.reason})")
-                return
-            except csv.Error as e:
-                yield reader.line_num, CatalogError(str(path), reader.line_num, "row", f"malformed CSV ({e})")
-                return
+            except csv.Error as e:  # e.g. a field over the csv module's size limit: this row only
+                start, line = line + 1, reader.line_num
+                yield start, CatalogError(str(path), start, "row", f"malformed CSV ({e})")
+                continue
             start, line = line + 1, reader.line_num
             if None in raw:
                 yield start, CatalogError(str(path), start, "row", "more fields than the header has columns")
+                continue
+            if any(isinstance(v, str) and _not_utf8(v) for v in raw.values()):
+                yield start, CatalogError(str(path), start, "row", "not valid UTF-8")
                 continue
             row: dict[str, Any] = {}
             for key, value in raw.items():
@@ -362,10 +366,13 @@ class ImageResolver:
             return None, f"cannot resolve path ({e})"
         if not any(real == root or root in real.parents for root in self.roots):
             return None, "outside the allowed image roots"
-        if not real.is_file():
-            return None, "missing file"
-        if not os.access(real, os.R_OK):
-            return None, "unreadable file"
+        try:  # a name over the file system's limits is this image's problem, not the whole build's
+            if not real.is_file():
+                return None, "missing file"
+            if not os.access(real, os.R_OK):
+                return None, "unreadable file"
+        except OSError as e:
+            return None, f"cannot read path ({e.strerror or e})"
         return str(real), ""
 
 

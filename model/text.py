@@ -216,7 +216,10 @@ class Tokenizer:
     def __init__(self, path: str | Path) -> None:
         from tokenizers import Tokenizer as _RustTokenizer
 
-        self._tok = _RustTokenizer.from_file(str(path))
+        try:
+            self._tok = _RustTokenizer.from_file(str(path))
+        except Exception as e:  # the Rust side raises a bare Exception for a truncated or foreign file
+            raise ValueError(f"{path}: not a readable tokenizer.json ({e})") from e
         self._tok.no_truncation()
         self._tok.no_padding()
         ids = {t: self._tok.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]")}
