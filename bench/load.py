@@ -76,11 +76,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(artifacts: Path, port: int, workers: int, env_extra: dict[str, str]) -> subprocess.Popen:
+def start_server(artifacts: Path, port: int, workers: int, env_extra: dict[str, str],
+                 cpus: str | None = None) -> subprocess.Popen:
+    """`cpus` (e.g. "0"): run the server under `taskset -c cpus`, so a client pinned elsewhere does
+    not take its CPU (every thread the server starts inherits the mask)."""
     env = {**os.environ, "SERVICE_CACHE_SIZE": "0", "SERVICE_RELOAD_POLL_S": "0", "SERVICE_LOG_LEVEL": "warning",
            "SERVICE_MAX_QUEUE": "4096", "SERVICE_REQUEST_TIMEOUT_MS": "10000", **env_extra}
     cmd = [str(ROOT / ".venv/bin/service"), "serve", "--artifacts", str(artifacts), "--host", "127.0.0.1",
            "--port", str(port), "--workers", str(workers)]
+    if cpus:
+        cmd = ["taskset", "-c", cpus, *cmd]
     return subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True)
 
 

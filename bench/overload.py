@@ -211,19 +211,25 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--timeout-ms", type=int, default=2000, help="server SERVICE_REQUEST_TIMEOUT_MS (the deadline)")
     ap.add_argument("--max-conns", type=int, default=1024)
     ap.add_argument("--env", action="append", default=[], help="extra NAME=VALUE for the server")
+    ap.add_argument("--server-cpus", help="pin the server to these CPUs (taskset list, e.g. 0)")
+    ap.add_argument("--client-cpus", help="pin this load generator to these CPUs (e.g. 1): with --server-cpus, "
+                    "overload measures the server alone instead of server and client sharing the cores")
     a = ap.parse_args(argv)
+    if a.client_cpus:
+        os.sched_setaffinity(0, {int(c) for c in a.client_cpus.split(",")})
     queries = load_queries(a.sample, a.queries)
     paths = [f"/search?{urllib.parse.urlencode({'q': q, 'k': a.k})}" for q in queries]
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {"SERVICE_MAX_QUEUE": str(a.max_queue), "SERVICE_REQUEST_TIMEOUT_MS": str(a.timeout_ms),
            **dict(e.split("=", 1) for e in a.env)}
-    proc = start_server(a.artifacts, port, 1, env)
+    proc = start_server(a.artifacts, port, 1, env, cpus=a.server_cpus)
     try:
         ready = wait_ready(url, proc)
         print(json.dumps({"machine": machine(), "items": ready.get("items"), "index_key": ready.get("index_key"),
                           "encoder_runtime": ready.get("encoder_runtime"), "server_env": env,
-                          "queries": len(queries), "k": a.k}), flush=True)
+                          "queries": len(queries), "k": a.k, "server_cpus": a.server_cpus,
+                          "client_cpus": a.client_cpus}), flush=True)
         capacity = a.capacity
         if capacity is None:
             asyncio.run(closed_loop(url, paths, 16, 3.0))  # warm-up
