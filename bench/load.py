@@ -89,6 +89,15 @@ def start_server(artifacts: Path, port: int, workers: int, env_extra: dict[str, 
     return subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True)
 
 
+def stop_server(proc: subprocess.Popen) -> None:
+    """SIGTERM the server's process group (workers included); SIGKILL it after 30 s."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
 def wait_ready(url: str, proc: subprocess.Popen | None, timeout_s: float = 300) -> dict:
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
@@ -231,11 +240,7 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(row), flush=True)
     finally:
         if proc is not None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+            stop_server(proc)
 
 
 if __name__ == "__main__":

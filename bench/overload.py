@@ -28,8 +28,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 import urllib.parse
@@ -38,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import load_queries, machine, percentiles_ms  # noqa: E402
-from bench.load import RawClient, free_port, start_server, wait_ready  # noqa: E402
+from bench.load import RawClient, free_port, start_server, stop_server, wait_ready  # noqa: E402
 
 
 def rss_bytes(pid: int) -> int:
@@ -251,11 +249,7 @@ def main(argv: list[str] | None = None) -> None:
                               "p99_ok_within_deadline": bool(ok) and ok["p99"] <= a.timeout_ms,
                               "loadavg_1m": machine()["loadavg_1m"]}), flush=True)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_server(proc)
 
 
 if __name__ == "__main__":

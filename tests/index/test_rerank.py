@@ -9,14 +9,7 @@ import pytest
 from index.build import RERANK_FACTOR, apply_params, build_index
 from index.search import FaissCpuSearcher, choose_placement, gpu_supported, rerank_exact
 from index.tune import ann_recall, exact_topk, tune_search_params
-
-
-def mixture(n: int, d: int, seed: int, centres: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    if centres is None:
-        centres = rng.normal(size=(48, d))
-    x = centres[rng.integers(0, len(centres), n)] + 0.45 * rng.normal(size=(n, d))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), centres
+from tests.index.test_tune import mixture
 
 
 @pytest.fixture(scope="module")
