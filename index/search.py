@@ -212,13 +212,17 @@ class FaissGpuSearcher(FaissCpuSearcher):
 
     def __init__(self, index: faiss.Index, vectors: np.ndarray, params: dict[str, Any] | None = None,
                  shard: bool = False):
+        # nprobe / efSearch are set on the CPU index, which the cloner copies to the GPU indexes:
+        # faiss' CPU ParameterSpace does not reach into GPU indexes (GpuParameterSpace would).
+        apply_params(index, dict(params or {}))
         co = faiss.GpuMultipleClonerOptions()
         co.useFloat16 = True
         # shard=False: every visible GPU holds a full replica (more QPS); True: the index is split
         # across them and each query goes to all shards (more capacity: an index too big for one GPU).
         co.shard = bool(shard)
-        gpu_index = faiss.index_cpu_to_all_gpus(index, co=co)
-        super().__init__(gpu_index, vectors, params)
+        Searcher.__init__(self, vectors)
+        self.index = faiss.index_cpu_to_all_gpus(index, co=co)
+        self.params = dict(params or {})
         self.shard = bool(shard)
 
     def describe(self) -> dict[str, Any]:

@@ -110,5 +110,9 @@ def test_faiss_gpu_replicates_by_default_and_shards_when_asked(data, monkeypatch
     replicated = search_mod.make_searcher(index, x[:1000], {}, "auto")
     sharded = search_mod.make_searcher(index, x[:1000], {}, "auto", gpu_shard=True)
     assert seen == [False, True]
+    # Search parameters reach the CPU index before it is cloned (the cloner carries them over).
+    ivf = build_index(x, "IVF64,Flat").index
+    search_mod.make_searcher(ivf, x, {"nprobe": 7}, "auto")
+    assert faiss.extract_index_ivf(ivf).nprobe == 7
     assert replicated.placement == "faiss-gpu" and sharded.describe()["gpu_shard"] is True
     np.testing.assert_array_equal(sharded.search(q[:5], 10).rows, exact_topk(x[:1000], q[:5], 10)[1])
