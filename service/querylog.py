@@ -6,7 +6,7 @@ the file by size (`path` -> `path.1` -> ... -> `path.<backups>`, the oldest drop
 is full (the disk cannot keep up) lines are dropped and counted, never blocking a request.
 
 Line fields: ts (UTC ISO), request_id, query (or query_sha256 when redacted), k, offset, filters,
-results (listing ids, in rank order), model_version, index_version, latency_ms, cached.
+results (listing ids, in rank order), model_version, index_version, latency_ms, cached, mode.
 
 The log records what was shown, not what was clicked, so it is not training data by itself. Joined
 with the storefront's click events (`{"request_id", "item_id"}` per line) it becomes the next
@@ -71,17 +71,18 @@ class QueryLog:
 
     def record(self, request_id: str, query: str, k: int, offset: int, filters: Any,
                ids: Sequence[str], model_version: str, index_version: str, latency_ms: float,
-               cached: bool) -> None:
-        """Hot path: enqueue the raw fields (serialised later, in the writer thread)."""
+               cached: bool, mode: str | None = None) -> None:
+        """Hot path: enqueue the raw fields (serialised later, in the writer thread). `mode`: the
+        search mode that answered (dense / lexical / hybrid; dense on a fallback)."""
         item = (time.time(), request_id, query, k, offset, filters, list(ids), model_version, index_version,
-                latency_ms, cached)
+                latency_ms, cached, mode)
         try:
             self._queue.put_nowait(item)
         except queue.Full:
             self.dropped += 1
 
     def _line(self, item: tuple) -> str:
-        ts, rid, query, k, offset, filters, ids, mv, iv, ms, cached = item
+        ts, rid, query, k, offset, filters, ids, mv, iv, ms, cached, mode = item
         row: dict[str, Any] = {"ts": dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds"),
                                "request_id": rid}
         if self.redact:
@@ -90,6 +91,8 @@ class QueryLog:
             row["query"] = query
         row |= {"k": k, "offset": offset, "filters": filters_json(filters), "results": ids, "model_version": mv,
                 "index_version": iv, "latency_ms": round(ms, 3), "cached": cached}
+        if mode is not None:
+            row["mode"] = mode
         return json.dumps(row, ensure_ascii=False) + "\n"
 
     def _rotate(self) -> None:

@@ -99,7 +99,7 @@ async def run_search(state: ServiceState, req: SearchRequest) -> SearchResponse:
     took_ms = (time.perf_counter() - start) * 1000
     if state.query_log is not None:  # an enqueue; the file is written by the log's own thread
         state.query_log.record(request_id_var.get(), req.query, req.k, req.offset, req.filter, [h.id for h in hits],
-                               model_version, index_version, took_ms, cached)
+                               model_version, index_version, took_ms, cached, mode)
     return SearchResponse(
         results=[SearchHit(id=h.id, score=h.score, title=h.title, image=h.image) for h in hits],
         model_version=model_version, index_version=index_version, took_ms=round(took_ms, 3),

@@ -138,6 +138,7 @@ def test_app_writes_query_log_and_logs_carry_request_ids(tiny_build, tmp_path: P
     assert [r["request_id"] for r in rows] == ["req-42", generated]
     assert rows[0]["query"] == "red mug" and rows[0]["k"] == 3 and len(rows[0]["results"]) == 3
     assert rows[0]["index_version"] == tiny_build.version and rows[0]["cached"] is False
+    assert rows[0]["mode"] == r.json()["mode"]  # the mode that answered (hybrid, or dense on a fallback)
     lines = [json.loads(x) for x in stream.getvalue().splitlines()]
     access = [x for x in lines if x["logger"] == "service.access" and x.get("route") == "/search"]
     assert [x["request_id"] for x in access] == ["req-42", generated] and access[0]["status"] == 200
