@@ -296,6 +296,34 @@ def evaluate_stage(built: BuiltIndex, vectors: np.ndarray, ids: Sequence[str], e
     return {}
 
 
+@dataclass
+class Indexed:
+    """What `index_and_evaluate` hands to `write_version`."""
+    built: BuiltIndex
+    tune_vectors: np.ndarray  # (Q, d) the held-out query vectors the index was tuned with
+    lexical_docs: list[str]
+    lexical: LexicalIndex | None
+    metrics: dict[str, Any]
+
+
+def index_and_evaluate(vectors: np.ndarray, ids: Sequence[str], inputs: Inputs, model: Any, tokenizer: Any,
+                       device: Any, opts: BuildOptions, timings: dict[str, float]) -> Indexed:
+    """Tune queries -> faiss index -> lexical index -> metrics: the same for `build-index` and for
+    `service index` over merged shards (so the staged result equals the single-process one)."""
+    t = time.perf_counter()
+    texts, source = tuning_queries(inputs, opts.tune_queries, opts.seed)
+    qvecs = embed_queries(model, tokenizer, texts, device)  # (Q, d)
+    built = index_stage(vectors, opts, qvecs, source)
+    timings["index_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    docs = lexical_documents(inputs.catalog.listings)
+    lexical = LexicalIndex.build(docs) if opts.lexical else None
+    metrics = evaluate_stage(built, vectors, ids, lambda qs: embed_queries(model, tokenizer, qs, device),
+                             inputs.judgments, opts, lexical)
+    timings["eval_s"] = time.perf_counter() - t
+    return Indexed(built, qvecs, docs, lexical, metrics)
+
+
 def gate(metrics: dict[str, Any], opts: BuildOptions) -> list[str]:
     """Reasons the version may not be published (empty: it may)."""
     failures = []
@@ -400,18 +428,8 @@ def build_index(opts: BuildOptions) -> BuildResult:
     vectors, crossview = embed_stage(model, tokenizer, data, device, trunk, opts)
     timings["embed_s"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    texts, source = tuning_queries(inputs, opts.tune_queries, opts.seed)
-    qvecs = embed_queries(model, tokenizer, texts, device)  # (Q, d)
-    built = index_stage(vectors, opts, qvecs, source)
-    timings["index_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    docs = lexical_documents(inputs.catalog.listings)
-    lexical = LexicalIndex.build(docs) if opts.lexical else None
-    metrics = evaluate_stage(built, vectors, data.views.ids, lambda qs: embed_queries(model, tokenizer, qs, device),
-                             inputs.judgments, opts, lexical)
-    timings["eval_s"] = time.perf_counter() - t
+    done = index_and_evaluate(vectors, data.views.ids, inputs, model, tokenizer, device, opts, timings)
+    metrics = done.metrics
     if crossview:
         metrics["cross_view"] = crossview
     timings["total_s"] = time.perf_counter() - started
@@ -430,9 +448,9 @@ def build_index(opts: BuildOptions) -> BuildResult:
     report = {"inputs": inputs.reports, "training": train_info, "timings": timings, "metrics": metrics}
     return write_version(
         ArtifactStore(opts.artifacts), opts, save_weights=lambda p: save_model(model, p),
-        tokenizer=resolve_weights_dir(opts.text_weights or None) / "tokenizer.json", built=built, vectors=vectors,
-        records=listing_records(inputs.catalog.listings), tune_vectors=qvecs, report=report, manifest=manifest,
-        lexical_docs=docs, lexical_index=lexical,
+        tokenizer=resolve_weights_dir(opts.text_weights or None) / "tokenizer.json", built=done.built,
+        vectors=vectors, records=listing_records(inputs.catalog.listings), tune_vectors=done.tune_vectors,
+        report=report, manifest=manifest, lexical_docs=done.lexical_docs, lexical_index=done.lexical,
     )
 
 

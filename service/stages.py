@@ -30,12 +30,11 @@ import numpy as np
 import torch
 
 from index.artifacts import VERSION_RE, ArtifactStore, new_version_name, sha256_file, write_atomic
-from index.lexical import LexicalIndex
 from model.catalog import Listing, load_catalog
 from model.checkpoint import load_model, save_model
 from model.config import ImageConfig
 from model.data import build_slots
-from model.embed import embed_listings, embed_queries
+from model.embed import embed_listings
 from model.image import backbone_digest
 from model.text import Tokenizer, resolve_weights_dir, text_weights_digest
 from model.towers import TwoTower
@@ -46,16 +45,13 @@ from service.pipeline import (
     BuildResult,
     build_options,
     catalog_summary,
-    evaluate_stage,
     featurize_images,
     image_cache_dir,
-    index_stage,
-    lexical_documents,
+    index_and_evaluate,
     listing_records,
     load_inputs,
     options_to_dict,
     train_stage,
-    tuning_queries,
     write_version,
 )
 
@@ -262,17 +258,8 @@ def index_run(artifacts: Path, run: str, **overrides: Any) -> BuildResult:
     device = resolve_device(opts.device)
     model = load_model(r.model_path, device)
     tokenizer = Tokenizer(r.path / "tokenizer.json")
-    t = time.perf_counter()
-    texts, source = tuning_queries(inputs, opts.tune_queries, opts.seed)
-    qvecs = embed_queries(model, tokenizer, texts, device)  # (Q, d)
-    built = index_stage(vectors, opts, qvecs, source)
-    timings["index_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    docs = lexical_documents(inputs.catalog.listings)
-    lexical = LexicalIndex.build(docs) if opts.lexical else None
-    metrics = evaluate_stage(built, vectors, ids, lambda qs: embed_queries(model, tokenizer, qs, device),
-                             inputs.judgments, opts, lexical)
-    timings["eval_s"] = time.perf_counter() - t
+    done = index_and_evaluate(vectors, ids, inputs, model, tokenizer, device, opts, timings)
+    metrics = done.metrics
     trained = json.loads((r.path / "train.json").read_text())
     timings = {**trained["timings"], "embed_s": sum(m["seconds"] for m in metas), **timings}
     timings["total_s"] = time.perf_counter() - t0
@@ -294,9 +281,9 @@ def index_run(artifacts: Path, run: str, **overrides: Any) -> BuildResult:
               "shards": [{k: m[k] for k in ("shard", "of", "rows", "images", "seconds")} for m in metas]}
     return write_version(
         ArtifactStore(opts.artifacts), opts, save_weights=lambda p: _copy_weights(r.model_path, p),
-        tokenizer=r.path / "tokenizer.json", built=built, vectors=vectors,
-        records=listing_records(inputs.catalog.listings), tune_vectors=qvecs, report=report, manifest=manifest,
-        lexical_docs=docs, lexical_index=lexical,
+        tokenizer=r.path / "tokenizer.json", built=done.built, vectors=vectors,
+        records=listing_records(inputs.catalog.listings), tune_vectors=done.tune_vectors, report=report,
+        manifest=manifest, lexical_docs=done.lexical_docs, lexical_index=done.lexical,
     )
 
 
