@@ -4,10 +4,9 @@ tests/deploy/deploy_helpers.py)."""
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
-from fastapi.testclient import TestClient
+from tests.service.conftest import wait_ready  # noqa: F401 - re-exported for the hardening tests
 
 TOKEN = "hardening-token"
 LIMITS = dict(max_k=50, max_offset=100, max_query_chars=64, max_body_bytes=4096, max_filter_values=8)
@@ -17,16 +16,6 @@ def leaks(text: str, roots: tuple[str, ...]) -> list[str]:
     """Internal details a response must never show: a traceback, a Python frame, a server path."""
     found = [m for m in ("Traceback", 'File "', '.py"', "site-packages") if m in text]
     return found + [r for r in roots if r and r != "/" and r in text]
-
-
-def wait_ready(client: TestClient, timeout: float = 60.0) -> dict:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        r = client.get("/readyz")
-        if r.status_code == 200:
-            return r.json()
-        time.sleep(0.05)
-    raise AssertionError(f"not ready after {timeout}s: {client.get('/readyz').json()}")
 
 
 def copy_artifacts(tiny_build, dst: Path) -> Path:

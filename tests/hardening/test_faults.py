@@ -27,18 +27,9 @@ from index.artifacts import MANIFEST, ArtifactError, ArtifactStore, write_atomic
 from service.app import create_app
 from service.cli import main as cli_main
 from service.settings import Settings
+from tests.service.conftest import clone_version
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def clone(store: ArtifactStore, src: str, name: str) -> Path:
-    folder = store.version_dir(src)
-    manifest = store.manifest(src)
-    with store.stage(name) as staged:
-        for p in folder.iterdir():
-            if p.name != MANIFEST:
-                (staged.path / p.name).write_bytes(p.read_bytes())
-        return store.commit(staged, {k: v for k, v in manifest.items() if k not in ("schema_version", "version", "files")})
 
 
 def truncate(name: str) -> Callable[[Path], None]:
@@ -116,7 +107,7 @@ def test_running_service_keeps_the_last_good_version(followers, fault: str) -> N
     damage, verify, words = FAULTS[fault]
     client, store, good = followers(verify)
     name = "bad-" + "".join(ch if ch.isalnum() else "-" for ch in fault)
-    folder = clone(store, good, name)
+    folder = clone_version(store, good, name)
     damage(folder)
     engine = client.app.state.svc.engine
     try:
@@ -154,7 +145,7 @@ def enospc(*_a, **_k):
 
 def test_full_disk_during_publish_keeps_current(artifacts_copy: Path, tiny_build, monkeypatch, capsys) -> None:
     store = ArtifactStore(artifacts_copy)
-    clone(store, tiny_build.version, "next")
+    clone_version(store, tiny_build.version, "next")
     before = store.current_file.read_bytes()
     monkeypatch.setattr(artifacts_mod.os, "fsync", enospc)
     with pytest.raises(OSError, match="No space left"):
@@ -182,12 +173,12 @@ def test_full_disk_during_commit_leaves_no_version(artifacts_copy: Path, tiny_bu
 
     monkeypatch.setattr(artifacts_mod.os, "fsync", fsync_then_full)
     with pytest.raises(OSError, match="No space left"):
-        clone(store, tiny_build.version, "half")
+        clone_version(store, tiny_build.version, "half")
     monkeypatch.undo()
     assert store.list_versions() == before and not (store.versions_dir / "half").exists()
     assert list(store.staging_dir.iterdir()) == []  # the staging folder was removed
     assert store.current_version() == tiny_build.version
-    clone(store, tiny_build.version, "half")  # and the same name can be written once there is room
+    clone_version(store, tiny_build.version, "half")  # and the same name can be written once there is room
     store.verify("half")
 
 
@@ -229,7 +220,7 @@ def test_publish_refuses_every_bad_version(artifacts_copy: Path, tiny_build) -> 
     for i, fault in enumerate(["checksum mismatch (one flipped byte)", "truncated weights", "manifest not JSON"]):
         damage = FAULTS[fault][0]
         name = f"p{i}"
-        damage(clone(store, tiny_build.version, name))
+        damage(clone_version(store, tiny_build.version, name))
         with pytest.raises(ArtifactError):
             store.publish(name)
         assert store.current_version() == tiny_build.version, fault

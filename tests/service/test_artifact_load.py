@@ -16,6 +16,7 @@ from index.artifacts import MANIFEST, ArtifactError, ArtifactStore, sha256_file
 from service.cli import main
 from service.engine import Engine, load_version
 from service.settings import Settings
+from tests.service.conftest import clone_version
 
 
 def version_dir(artifacts: Path) -> Path:
@@ -84,7 +85,7 @@ def test_mismatched_manifests_are_refused(artifacts_copy: Path, changes: dict, m
 
 def test_engine_keeps_serving_when_the_next_version_is_corrupt(artifacts_copy: Path, tiny_build) -> None:
     store = ArtifactStore(artifacts_copy)
-    clone(store, tiny_build.version, "broken")
+    clone_version(store, tiny_build.version, "broken")
     truncate_index(store.version_dir("broken"))
     engine = Engine(Settings(artifacts=artifacts_copy, encoder_backend="torch", warmup_queries=1))
     engine.load()
@@ -100,18 +101,8 @@ def test_gc_keeps_newest_and_current(artifacts_copy: Path, tiny_build) -> None:
     store = ArtifactStore(artifacts_copy)
     names = [f"v{i}" for i in range(4)]
     for name in names:
-        clone(store, tiny_build.version, name)
+        clone_version(store, tiny_build.version, name)
     (store.staging_dir / "dead.1234").mkdir(parents=True)
     assert main(["gc", "--artifacts", str(artifacts_copy), "--keep-versions", "2", "--staging-age-s", "0"]) == 0
     assert store.list_versions() == sorted([tiny_build.version, "v2", "v3"])  # current is never deleted
     assert list(store.staging_dir.iterdir()) == []
-
-
-def clone(store: ArtifactStore, src: str, name: str) -> None:
-    folder = store.version_dir(src)
-    manifest = store.manifest(src)
-    with store.stage(name) as staged:
-        for p in folder.iterdir():
-            if p.name != MANIFEST:
-                (staged.path / p.name).write_bytes(p.read_bytes())
-        store.commit(staged, {k: v for k, v in manifest.items() if k not in ("schema_version", "version", "files")})

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from index.artifacts import MANIFEST, ArtifactError, ArtifactStore
+from index.artifacts import ArtifactError, ArtifactStore
 from service import engine as engine_mod
 from service.app import create_app
 from service.settings import Settings
+from tests.service.conftest import clone_version
 
 QUERIES = ["red mug", "wool scarf", "gift for her", "ceramic vase", "silver earrings", "striped blue",
            "handmade", "vintage lamp"]
@@ -35,17 +36,6 @@ class Sample:
     end: float
     status: int
     version: str | None
-
-
-def clone_version(store: ArtifactStore, src: str, name: str) -> None:
-    """Another version with the same files (as a rebuild of the same catalog would be)."""
-    folder = store.version_dir(src)
-    manifest = store.manifest(src)
-    with store.stage(name) as staged:
-        for p in folder.iterdir():
-            if p.name != MANIFEST:
-                (staged.path / p.name).write_bytes(p.read_bytes())
-        store.commit(staged, {k: v for k, v in manifest.items() if k not in ("schema_version", "version", "files")})
 
 
 def p99(xs: list[float]) -> float:
