@@ -34,6 +34,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
 from model.config import ImageConfig
+from model.onnx_proto import GraphBuilder
 
 log = logging.getLogger(__name__)
 
@@ -175,68 +176,34 @@ class EfficientNetLite0(nn.Module):
 
 
 # ------------------------------------------------------------------------------------ ONNX export
-def _pb(num: int, value: int | str | bytes) -> bytes:
-    """One protobuf field: int -> varint (wire type 0), str/bytes/sub-message -> length-delimited."""
-
-    def varint(n: int) -> bytes:
-        n &= (1 << 64) - 1  # int64 two's complement
-        out = bytearray()
-        while n > 0x7F:
-            out.append((n & 0x7F) | 0x80)
-            n >>= 7
-        return bytes(out) + bytes([n])
-
-    if isinstance(value, int):
-        return varint(num << 3) + varint(value)
-    data = value.encode() if isinstance(value, str) else value
-    return varint(num << 3 | 2) + varint(len(data)) + data
-
-
 def export_onnx(model: EfficientNetLite0, image_size: int) -> bytes:
     """Serialise the BN-folded network to ONNX (IR 8, opset 17): input `image` (N, 3, S, S) float32,
-    output `features` (N, 1280). Field numbers are those of onnx.proto; the padding is the static
-    TensorFlow 'SAME' padding for this image size, as Conv's begin/end `pads`.
+    output `features` (N, 1280). The padding is the static TensorFlow 'SAME' padding for this image
+    size, as Conv's begin/end `pads`. Protobuf writing: model/onnx_proto.py.
     """
     model = model if model.is_fused else model.fused()
-    nodes: list[bytes] = []
-    inits = [_pb(2, 1) + _pb(8, n) + _pb(9, np.float32(v).tobytes()) for n, v in (("zero", 0), ("six", 6))]
-
-    def node(op: str, inputs: list[str], out: str = "", **ints: list[int] | int) -> str:
-        out = out or f"t{len(nodes)}"
-        attrs = b"".join(  # AttributeProto: name=1, type=20 (INT=2, INTS=7), i=3, ints=8
-            _pb(5, _pb(1, k) + (_pb(20, 2) + _pb(3, v) if isinstance(v, int)
-                                else _pb(20, 7) + b"".join(_pb(8, i) for i in v)))
-            for k, v in ints.items())
-        nodes.append(b"".join(_pb(1, i) for i in inputs) + _pb(2, out) + _pb(4, op) + attrs)  # NodeProto
-        return out
+    g = GraphBuilder("efficientnet_lite0")
+    zero, six = g.const(np.float32(0), "zero"), g.const(np.float32(6), "six")
 
     def conv(c: nn.Conv2d, x: str, size: int, act: bool = True) -> tuple[str, int]:
         k, s = c.kernel_size[0], c.stride[0]
-        (before, after), name = same_pad(size, k, s), f"w{len(inits)}"
-        for n, t in ((name, c.weight), (name + "b", c.bias)):  # TensorProto: dims=1, type=2, name=8, raw=9
-            a = t.detach().cpu().numpy().astype("<f4")
-            inits.append(b"".join(_pb(1, d) for d in a.shape) + _pb(2, 1) + _pb(8, n) + _pb(9, a.tobytes()))
-        y = node("Conv", [x, name, name + "b"], kernel_shape=[k, k], strides=[s, s], group=c.groups,
-                 pads=[before, before, after, after])
-        return (node("Clip", [y, "zero", "six"]) if act else y), -(-size // s)
+        before, after = same_pad(size, k, s)
+        w = g.const(c.weight.detach().cpu().numpy().astype(np.float32))
+        b = g.const(c.bias.detach().cpu().numpy().astype(np.float32))
+        y = g.node("Conv", [x, w, b], kernel_shape=[k, k], strides=[s, s], group=c.groups,
+                   pads=[before, before, after, after])
+        return (g.node("Clip", [y, zero, six]) if act else y), -(-size // s)
 
     x, size = conv(model._conv_stem, "image", image_size)
     for block in model._blocks:
         h = conv(block._expand_conv, x, size)[0] if block.expand else x
         h, out_size = conv(block._depthwise_conv, h, size)
         h = conv(block._project_conv, h, out_size, act=False)[0]
-        x, size = (node("Add", [h, x]) if block.residual else h), out_size
+        x, size = (g.node("Add", [h, x]) if block.residual else h), out_size
     x = conv(model._conv_head, x, size)[0]
-    node("Flatten", [node("GlobalAveragePool", [x])], out="features", axis=1)  # (N, 1280)
-
-    def value_info(name: str, dims: Sequence[int | str]) -> bytes:  # TypeProto.Tensor of FLOAT
-        shape = b"".join(_pb(1, _pb(1, d) if isinstance(d, int) else _pb(2, d)) for d in dims)
-        return _pb(1, name) + _pb(2, _pb(1, _pb(1, 1) + _pb(2, shape)))
-
-    graph = (b"".join(_pb(1, n) for n in nodes) + _pb(2, "efficientnet_lite0")
-             + b"".join(_pb(5, t) for t in inits) + _pb(11, value_info("image", ["N", 3, image_size, image_size]))
-             + _pb(12, value_info("features", ["N", FEATURE_DIM])))
-    return _pb(1, 8) + _pb(2, "mvretrieval") + _pb(7, graph) + _pb(8, _pb(2, 17))
+    g.node("Flatten", [g.node("GlobalAveragePool", [x])], out="features", axis=1)  # (N, 1280)
+    return g.model(inputs=[("image", 1, ["N", 3, image_size, image_size])],
+                   outputs=[("features", 1, ["N", FEATURE_DIM])])
 
 
 # ---------------------------------------------------------------------------------- preprocessing
