@@ -6,10 +6,12 @@ import asyncio
 import hmac
 import time
 from dataclasses import replace
-from typing import Annotated, Literal
+from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import ValidationError
 
 from index import denylist
 from index.filters import Filter
@@ -26,14 +28,15 @@ from service.schemas import (
     SearchBody,
     SearchFilters,
     SearchHit,
+    SearchQuery,
     SearchResponse,
+    query_parameters,
 )
 from service.state import ServiceState, State
 
 router = APIRouter()
 ERRORS = {code: {"model": ErrorResponse} for code in (413, 422, 429, 503, 504)}
-GET_PARAMS = {"q", "k", "offset", "category", "price_min", "price_max", "mode", "fusion", "rrf_k",
-              "dense_weight", "lexical_weight"}
+GET_PARAMS = frozenset(SearchQuery.model_fields)
 FALLBACK = "this index version has no lexical index: answered by the dense index"
 
 
@@ -100,48 +103,59 @@ async def run_search(state: ServiceState, req: SearchRequest) -> SearchResponse:
     if state.query_log is not None:  # an enqueue; the file is written by the log's own thread
         state.query_log.record(request_id_var.get(), req.query, req.k, req.offset, req.filter, [h.id for h in hits],
                                model_version, index_version, took_ms, cached, mode)
+    # The engine's hits are already str/float (engine.Hit): built without re-validating each one.
     return SearchResponse(
-        results=[SearchHit(id=h.id, score=h.score, title=h.title, image=h.image) for h in hits],
+        results=[SearchHit.model_construct(id=h.id, score=h.score, title=h.title, image=h.image) for h in hits],
         model_version=model_version, index_version=index_version, took_ms=round(took_ms, 3),
         mode=mode, fallback=FALLBACK if mode is not None and req.mode not in (None, mode) else None,
     )
 
 
 @router.post("/search", response_model=SearchResponse, response_model_exclude_none=True, responses=ERRORS)
-async def search_post(body: SearchBody, state: State) -> SearchResponse:
+async def search_post(body: SearchBody, state: State) -> Response:
     mode, fusion = search_options(state, body.mode, body.fusion, body.rrf_k, body.weights)
-    return await run_search(state, to_request(state, body.query, body.k, body.offset, body.filters, mode, fusion))
+    return json_response(await run_search(state, to_request(state, body.query, body.k, body.offset, body.filters,
+                                                            mode, fusion)))
 
 
-@router.get("/search", response_model=SearchResponse, response_model_exclude_none=True, responses=ERRORS)
-async def search_get(
-    request: Request,
-    state: State,
-    q: str,
-    k: int = 10,
-    offset: int = 0,
-    category: Annotated[list[str] | None, Header(include_in_schema=False)] = None,
-    price_min: float | None = None,
-    price_max: float | None = None,
-    mode: Literal["dense", "lexical", "hybrid"] | None = None,
-    fusion: Literal["rrf", "weighted"] | None = None,
-    rrf_k: Annotated[int | None, Query(ge=0, le=10_000)] = None,
-    dense_weight: Annotated[float | None, Query(ge=0, le=1000, allow_inf_nan=False)] = None,
-    lexical_weight: Annotated[float | None, Query(ge=0, le=1000, allow_inf_nan=False)] = None,
-) -> SearchResponse:
-    unknown = sorted(set(request.query_params) - GET_PARAMS)
+def parse_search_query(request: Request) -> SearchQuery:
+    """GET /search's query string -> SearchQuery: unknown names and invalid values are 422s worded
+    as FastAPI words them (`query.k: ...`). A repeated name keeps its last value, except category."""
+    params = request.query_params
+    unknown = sorted(set(params) - GET_PARAMS)
     if unknown:
         more = f" (+{len(unknown) - 10} more)" if len(unknown) > 10 else ""  # bounded: never echo 2,000 names
         raise InvalidRequest(f"unknown query parameter(s): {', '.join(unknown[:10])}{more}")
-    categories = request.query_params.getlist("category") or None
-    price = {"min": price_min, "max": price_max} if price_min is not None or price_max is not None else None
+    values: dict[str, object] = dict(params)
+    if "category" in values:
+        values["category"] = params.getlist("category")
     try:
-        filters = SearchFilters(category=categories, price=price) if categories or price else None
+        return SearchQuery.model_validate(values)
+    except ValidationError as e:
+        raise RequestValidationError([{**err, "loc": ("query", *err["loc"])} for err in e.errors()]) from None
+
+
+@router.get("/search", response_model=SearchResponse, response_model_exclude_none=True, responses=ERRORS,
+            openapi_extra={"parameters": query_parameters(SearchQuery)})
+async def search_get(request: Request) -> Response:
+    # No FastAPI parameters on purpose: the query string is validated in one call (parse_search_query)
+    # and the state read directly; the OpenAPI parameters come from SearchQuery.
+    state: ServiceState = request.app.state.svc
+    p = parse_search_query(request)
+    price = {"min": p.price_min, "max": p.price_max} if p.price_min is not None or p.price_max is not None else None
+    try:
+        filters = SearchFilters(category=p.category, price=price) if p.category or price else None
     except ValueError as e:
         raise InvalidRequest(f"filters: {str(e).splitlines()[-1].strip()}") from None
-    weights = FusionWeights(dense=dense_weight, lexical=lexical_weight)
-    mode_, fusion_ = search_options(state, mode, fusion, rrf_k, weights)
-    return await run_search(state, to_request(state, q, k, offset, filters, mode_, fusion_))
+    weights = FusionWeights(dense=p.dense_weight, lexical=p.lexical_weight)
+    mode, fusion = search_options(state, p.mode, p.fusion, p.rrf_k, weights)
+    return json_response(await run_search(state, to_request(state, p.q, p.k, p.offset, filters, mode, fusion)))
+
+
+def json_response(answer: SearchResponse) -> Response:
+    """Serialised once here: a returned Response skips FastAPI's second validation of the model
+    (`response_model` stays on the routes for the OpenAPI schema)."""
+    return Response(answer.model_dump_json(exclude_none=True), media_type="application/json")
 
 
 @router.get("/healthz")

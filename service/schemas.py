@@ -47,6 +47,37 @@ class SearchBody(BaseModel):
     weights: FusionWeights | None = Field(None, description="weight of each list in the fusion")
 
 
+class SearchQuery(BaseModel):
+    """GET /search's query string: validated in one call (FastAPI's per-parameter parsing cost more
+    than the rest of the request; docs/RELIABILITY.md "Overload"). Lax types, as query strings are
+    text: `k=5` is the integer 5. Filters are checked again as `SearchFilters`."""
+    model_config = ConfigDict(extra="forbid")
+    q: str = Field(description="the shopper's query")
+    k: int = Field(10, description="number of results (1..max_k)")
+    offset: int = Field(0, description="results to skip, for pagination (0..max_offset)")
+    category: list[str] | None = Field(None, description="any of these categories (repeat the parameter)")
+    price_min: float | None = None
+    price_max: float | None = None
+    mode: Literal["dense", "lexical", "hybrid"] | None = Field(None, description="as in POST /search")
+    fusion: Literal["rrf", "weighted"] | None = Field(None, description="as in POST /search")
+    rrf_k: int | None = Field(None, ge=0, le=10_000)
+    dense_weight: float | None = Field(None, ge=0, le=1000, allow_inf_nan=False)
+    lexical_weight: float | None = Field(None, ge=0, le=1000, allow_inf_nan=False)
+
+
+def query_parameters(model: type[BaseModel]) -> list[dict]:
+    """The model's fields as OpenAPI query parameters (for a route that parses its query itself)."""
+    schema = model.model_json_schema()
+    required = set(schema.get("required", ()))
+    out = []
+    for name, prop in schema["properties"].items():
+        prop = dict(prop)
+        description = prop.pop("description", None)
+        out.append({"name": name, "in": "query", "required": name in required, "schema": prop,
+                    **({"description": description} if description else {})})
+    return out
+
+
 class SearchHit(BaseModel):
     id: str
     score: float

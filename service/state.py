@@ -29,7 +29,9 @@ class ServiceState:
     query_log: QueryLog | None = None
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
+    # async on purpose: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per
+    # request that competed with the search worker for the GIL and the CPU (docs/RELIABILITY.md)
     return request.app.state.svc
 
 
