@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import load_queries, machine, percentiles_ms  # noqa: E402
-from bench.load import RawClient, free_port, start_server, stop_server, wait_ready  # noqa: E402
+from bench.load import RawClient, free_port, scrape, stage_means, start_server, stop_server, wait_ready  # noqa: E402
 
 
 def rss_bytes(pid: int) -> int:
@@ -55,6 +55,46 @@ def rss_bytes(pid: int) -> int:
         except (OSError, ValueError):
             continue
     return total
+
+
+def thread_times(pid: int) -> dict[str, tuple[float, int]]:
+    """(CPU seconds (user + system), context switches (voluntary + not)) of each thread of process
+    `pid`: the main thread (the event loop) as "main", the others by name and thread id."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, tuple[float, int]] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                switches = sum(int(line.split()[1]) for line in f if "ctxt_switches:" in line)
+        except OSError:
+            continue
+        name = "main" if int(tid) == pid else f"{stat[stat.index('(') + 1:stat.rindex(')')]}/{tid}"
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[name] = ((int(fields[11]) + int(fields[12])) / tick, switches)  # utime, stime
+    return out
+
+
+class ServerView:
+    """Where the server's time went during one phase: CPU seconds and context switches per thread
+    per wall second, and the batcher's batches (rate, mean size, mean stage times) from /metrics."""
+
+    def __init__(self, url: str, pid: int):
+        self.url, self.pid = url, pid
+        self.t0, self.threads0, self.m0 = time.perf_counter(), thread_times(pid), scrape(url)
+
+    def finish(self) -> dict:
+        wall = time.perf_counter() - self.t0
+        threads, m = thread_times(self.pid), scrape(self.url)
+        rates = {name: (round((cpu - self.threads0.get(name, (0.0, 0))[0]) / wall, 3),
+                        round((sw - self.threads0.get(name, (0.0, 0))[1]) / wall))
+                 for name, (cpu, sw) in threads.items()}
+        busy = sorted((kv for kv in rates.items() if kv[1][0] >= 0.005), key=lambda kv: -kv[1][0])
+        batches = m.get("search_batch_size_count", 0) - self.m0.get("search_batch_size_count", 0)
+        return {"cpu_per_s": {name: cpu for name, (cpu, _) in busy},
+                "switches_per_s": {name: sw for name, (_, sw) in busy},
+                "batches_per_s": round(batches / wall, 1), "per_batch_ms": stage_means(self.m0, m)}
 
 
 class Pool:
@@ -231,18 +271,22 @@ def main(argv: list[str] | None = None) -> None:
         capacity = a.capacity
         if capacity is None:
             asyncio.run(closed_loop(url, paths, 16, 3.0))  # warm-up
+            view = ServerView(url, proc.pid)
             row = asyncio.run(closed_loop(url, paths, 64, a.capacity_s))
             capacity = row["served_qps"]
-            print(json.dumps({"phase": "capacity", "concurrency": 64, **row,
+            print(json.dumps({"phase": "capacity", "concurrency": 64, **row, "server": view.finish(),
                               "loadavg_1m": machine()["loadavg_1m"]}), flush=True)
         if a.soak_s > 0:
             rate = a.soak_fraction * capacity
+            view = ServerView(url, proc.pid)
             row = asyncio.run(open_loop(url, paths, rate, a.soak_s, a.max_conns, proc.pid))
-            print(json.dumps({"phase": "soak", "rate": round(rate, 1), **row,
+            print(json.dumps({"phase": "soak", "rate": round(rate, 1), **row, "server": view.finish(),
                               "loadavg_1m": machine()["loadavg_1m"]}), flush=True)
         if a.overload_s > 0:
             rate = a.overload_factor * capacity
+            view = ServerView(url, proc.pid)
             row = asyncio.run(open_loop(url, paths, rate, a.overload_s, a.max_conns, proc.pid))
+            row["server"] = view.finish()
             ok = row["latency_ok_ms"] or {}
             print(json.dumps({"phase": "overload", "rate": round(rate, 1), "capacity_qps": capacity, **row,
                               "served_vs_capacity": round(row["served_qps"] / capacity, 3),

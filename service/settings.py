@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     max_wait_us: int = Field(500, ge=0, description="how long a batch waits for company (microseconds)")
     max_queue: int = Field(1_024, ge=1, description="queued requests beyond this get 429")
     request_timeout_ms: int = Field(2_000, ge=1, description="per-request deadline (504 after it)")
+    sched_batch: bool = Field(True, description="run the server's threads under Linux SCHED_BATCH: a request "
+                              "arriving while the search worker holds the CPU waits for the scheduler tick instead "
+                              "of preempting it, so the event loop handles arrivals in groups (more throughput on "
+                              "contended cores and under overload; docs/RELIABILITY.md). Ignored elsewhere")
 
     # --- hybrid retrieval: dense + lexical (BM25), fused (docs/SERVING.md, docs/RESULTS.md); per-request options
     search_mode: Literal["dense", "lexical", "hybrid"] = Field(

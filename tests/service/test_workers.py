@@ -1,8 +1,10 @@
 """Several workers: the environment handed to worker processes, the Prometheus multi-process
-folder, and /metrics aggregating the counters of separate processes."""
+folder, and /metrics aggregating the counters of separate processes; the serving process's
+scheduling policy (SCHED_BATCH), which the workers inherit."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from service import workers
 from service.app import query_log_path
 from service.workers import prepare_multiprocess_dir, worker_environment
 
@@ -74,3 +77,41 @@ def test_metrics_aggregate_across_processes(tmp_path: Path) -> None:
     assert len(info) == 6  # one series per (version, pid): the old version zeroed, the new one 1
     assert all(line.endswith(" 0.0") for line in info if 'index_version="v1"' in line)
     assert all(line.endswith(" 1.0") for line in info if 'index_version="v2"' in line)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policy")
+def test_batch_scheduling_is_inherited_by_threads_and_children() -> None:
+    """`use_batch_scheduling(True)` puts the process under SCHED_BATCH, and the threads and child
+    processes it starts afterwards (the search worker, uvicorn's workers) inherit it. Run in a
+    child, so this test process keeps its own policy."""
+    code = """
+import os, subprocess, sys, threading
+from service.workers import use_batch_scheduling
+before = os.sched_getscheduler(0)
+on = use_batch_scheduling(True)
+seen = []
+t = threading.Thread(target=lambda: seen.append(os.sched_getscheduler(0)))
+t.start(); t.join()
+child = subprocess.run([sys.executable, "-c", "import os; print(os.sched_getscheduler(0))"],
+                       capture_output=True, text=True, check=True).stdout.strip()
+print(before == os.SCHED_OTHER, on, os.sched_getscheduler(0) == os.SCHED_BATCH,
+      seen == [os.SCHED_BATCH], int(child) == os.SCHED_BATCH)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=ROOT).stdout.split()
+    assert out == ["True"] * 5, out
+
+
+def test_batch_scheduling_off_or_refused_leaves_the_policy(monkeypatch, caplog) -> None:
+    calls = []
+    monkeypatch.setattr(os, "sched_setscheduler", lambda *a: calls.append(a), raising=False)
+    assert workers.use_batch_scheduling(False) is False and calls == []  # SERVICE_SCHED_BATCH=0: untouched
+
+    def refuse(*_: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "sched_setscheduler", refuse, raising=False)
+    monkeypatch.setattr(os, "SCHED_BATCH", 3, raising=False)
+    with caplog.at_level(logging.WARNING, logger="service.workers"):
+        assert workers.use_batch_scheduling(True) is False  # serving goes on with the default policy
+    assert "could not set SCHED_BATCH" in caplog.text
