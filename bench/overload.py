@@ -17,6 +17,10 @@ under test are `--max-queue` / `--timeout-ms`), then runs three phases and print
    per second) against capacity, p99 of the accepted (200) requests against the deadline, 429s,
    5xx and transport errors.
 
+Each phase's line also carries `server`: CPU seconds per wall second and context switches per
+second of each server thread ("main" is the event loop; from /proc/PID/task), and the batcher's
+batches per second, mean batch size and mean stage times over the phase (from /metrics).
+
 Bounded by construction: each phase is time-boxed and at most `--max-conns` connections are open
 (an arrival that finds none free is counted as `client_dropped`, never queued in the client). The
 client runs on the same cores as the server; each line carries the machine and its load.
