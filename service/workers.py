@@ -18,9 +18,14 @@ oversubscribe the cores. docs/SERVING.md has the memory cost per worker.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import logging
 import os
+import platform
 import shutil
+import struct
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -71,12 +76,43 @@ def worker_environment(overrides: dict[str, Any], workers: int, cpu_count: int,
     return env
 
 
-def use_batch_scheduling(enabled: bool) -> bool:
+# sched_setattr / sched_getattr: Python has no wrapper (os.sched_setscheduler cannot set a slice)
+_SCHED_ATTR_SYSCALLS = {"x86_64": (314, 315), "aarch64": (274, 275)}
+_SCHED_ATTR = struct.Struct("IIQiIQQQII")  # struct sched_attr, SCHED_ATTR_SIZE_VER1 (56 bytes)
+
+
+def _sched_attr_call(set_policy: int | None = None, slice_ns: int = 0) -> tuple[int, int]:
+    """sched_setattr(this thread, policy, slice) when `set_policy` is given, then sched_getattr:
+    -> (policy, sched_runtime in ns). A fair-class thread reports its time slice as sched_runtime
+    on Linux 6.12+ (earlier kernels ignore the field and report 0). Raises OSError."""
+    numbers = _SCHED_ATTR_SYSCALLS.get(platform.machine())
+    if numbers is None or not sys.platform.startswith("linux"):
+        raise OSError(errno.ENOSYS, f"sched_setattr: not wired for {sys.platform}/{platform.machine()}")
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(_SCHED_ATTR.size)
+    if set_policy is not None:
+        _SCHED_ATTR.pack_into(buf, 0, _SCHED_ATTR.size, set_policy, 0, 0, 0, slice_ns, 0, 0, 0, 0)
+        if libc.syscall(numbers[0], 0, buf, 0) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"sched_setattr: {os.strerror(err)}")
+    if libc.syscall(numbers[1], 0, buf, _SCHED_ATTR.size, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"sched_getattr: {os.strerror(err)}")
+    fields = _SCHED_ATTR.unpack(buf.raw)
+    return fields[1], fields[5]
+
+
+def use_batch_scheduling(enabled: bool, slice_us: int = 0) -> bool:
     """Put this process under SCHED_BATCH (Linux): every thread and worker process it starts from
     now on inherits it. A thread under SCHED_BATCH never preempts a running one when it wakes; it
     runs at the next scheduler tick. The event loop wakes once per arriving request; without this,
     each wake-up preempts the encoder mid-batch (two context switches and a cold cache per request),
-    which cost the most under overload, when half the arrivals only get a 429. -> whether it is on."""
+    which cost the most under overload, when half the arrivals only get a 429.
+
+    `slice_us` > 0 also asks for that time slice (Linux 6.12+, EEVDF; also inherited): the encoder
+    then runs that long before the waiting event loop gets the core, and the loop handles the
+    arrivals of a whole slice in one wake-up instead of a few each tick (docs/RELIABILITY.md §4).
+    A kernel or platform without custom slices keeps its default, logged. -> whether SCHED_BATCH is on."""
     if not enabled:
         return False
     if not hasattr(os, "SCHED_BATCH"):
@@ -87,6 +123,16 @@ def use_batch_scheduling(enabled: bool) -> bool:
     except OSError as e:  # e.g. a seccomp profile that forbids it: serving goes on without
         log.warning("sched_batch: could not set SCHED_BATCH (%s); the default scheduling stays", e)
         return False
+    if slice_us > 0:
+        try:
+            policy, got_ns = _sched_attr_call(os.SCHED_BATCH, slice_us * 1000)
+        except OSError as e:
+            log.warning("sched_slice_us: could not set a %d us slice (%s); the kernel's default slice stays",
+                        slice_us, e)
+        else:
+            if policy != os.SCHED_BATCH or got_ns != slice_us * 1000:  # a kernel before 6.12 ignores it
+                log.info("sched_slice_us: this kernel does not take a custom slice (it reports %d ns); its "
+                         "default slice stays", got_ns)
     return True
 
 
@@ -101,14 +147,14 @@ def serve(overrides: dict[str, Any], workers: int = 1) -> None:
 
         settings = Settings(**overrides)
         configure_logging(settings.log_level, settings.log_format)
-        use_batch_scheduling(settings.sched_batch)
+        use_batch_scheduling(settings.sched_batch, settings.sched_slice_us)
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
                     access_log=False, timeout_graceful_shutdown=10, log_config=None)
         return
     os.environ.update(worker_environment(overrides, workers, os.cpu_count() or 1, dict(os.environ)))
     settings = Settings()  # what every worker will read: fail here, once, on a bad value
     configure_logging(settings.log_level, settings.log_format)
-    use_batch_scheduling(settings.sched_batch)  # the supervisor: the workers it spawns inherit it
+    use_batch_scheduling(settings.sched_batch, settings.sched_slice_us)  # the supervisor: the workers it spawns inherit it
     metrics_dir, ours = prepare_multiprocess_dir()
     try:
         uvicorn.run("service.workers:app_from_env", factory=True, workers=workers, host=settings.host,

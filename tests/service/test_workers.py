@@ -1,6 +1,6 @@
 """Several workers: the environment handed to worker processes, the Prometheus multi-process
 folder, and /metrics aggregating the counters of separate processes; the serving process's
-scheduling policy (SCHED_BATCH), which the workers inherit."""
+scheduling policy (SCHED_BATCH and its time slice), which the workers inherit."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from service import workers
 from service.app import query_log_path
+from service.settings import Settings
 from service.workers import prepare_multiprocess_dir, worker_environment
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,3 +117,76 @@ def test_batch_scheduling_off_or_refused_leaves_the_policy(monkeypatch, caplog) 
     with caplog.at_level(logging.WARNING, logger="service.workers"):
         assert workers.use_batch_scheduling(True) is False  # serving goes on with the default policy
     assert "could not set SCHED_BATCH" in caplog.text
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policy")
+def test_time_slice_is_set_and_inherited_by_threads_and_children() -> None:
+    """`use_batch_scheduling(True, slice_us)` asks the kernel for that time slice (sched_setattr);
+    sched_getattr reads it back in this process, a thread it starts and a child process."""
+    code = """
+import subprocess, sys, threading
+from service.workers import _sched_attr_call, use_batch_scheduling
+assert use_batch_scheduling(True, 12_500)
+seen = []
+t = threading.Thread(target=lambda: seen.append(_sched_attr_call()))
+t.start(); t.join()
+child = subprocess.run([sys.executable, "-c", "from service.workers import _sched_attr_call as f; print(*f())"],
+                       capture_output=True, text=True, check=True).stdout.split()
+print(*_sched_attr_call(), *seen[0], *child)
+"""
+    out = [int(v) for v in subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                          cwd=ROOT).stdout.split()]
+    if out[1] == 0:
+        pytest.skip("this kernel does not report custom slices (Linux < 6.12)")
+    assert out == [os.SCHED_BATCH, 12_500_000] * 3, out
+
+
+def test_time_slice_off_refused_or_unsupported(monkeypatch, caplog) -> None:
+    """A zero slice leaves the kernel's default alone; a refused or ignored slice is logged and
+    SCHED_BATCH stays on (serving never stops for it)."""
+    monkeypatch.setattr(os, "sched_setscheduler", lambda *a: None, raising=False)  # this process keeps its policy
+    monkeypatch.setattr(os, "SCHED_BATCH", 3, raising=False)
+    calls = []
+    monkeypatch.setattr(workers, "_sched_attr_call", lambda *a: calls.append(a) or (3, 10_000_000))
+    assert workers.use_batch_scheduling(True, 0) is True and calls == []
+    assert workers.use_batch_scheduling(True, 10_000) is True and calls == [(3, 10_000_000)]
+
+    def refuse(*_: object) -> tuple[int, int]:
+        raise OSError(38, "sched_setattr: not wired for this platform")
+
+    monkeypatch.setattr(workers, "_sched_attr_call", refuse)
+    with caplog.at_level(logging.INFO, logger="service.workers"):
+        assert workers.use_batch_scheduling(True, 10_000) is True
+    assert "could not set a 10000 us slice" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(workers, "_sched_attr_call", lambda *a: (3, 0))  # a kernel before 6.12 ignores the field
+    with caplog.at_level(logging.INFO, logger="service.workers"):
+        assert workers.use_batch_scheduling(True, 10_000) is True
+    assert "does not take a custom slice" in caplog.text
+
+
+@pytest.mark.parametrize(("value", "ok"), [(0, True), (100, True), (100_000, True), (50, False), (100_001, False)])
+def test_time_slice_setting_limits(value: int, ok: bool) -> None:
+    if ok:
+        assert Settings(sched_slice_us=value).sched_slice_us == value
+    else:
+        with pytest.raises(ValidationError, match="sched_slice_us"):
+            Settings(sched_slice_us=value)
+
+
+@pytest.mark.parametrize("n_workers", [1, 2])
+def test_serve_applies_the_scheduling_settings(monkeypatch, tmp_path, n_workers: int) -> None:
+    """`service serve` hands sched_batch and sched_slice_us to the process before uvicorn starts
+    (with --workers N: the supervisor, whose worker processes inherit them)."""
+    import uvicorn
+
+    import service.app
+
+    order = []
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # serve() exports SERVICE_* for the workers
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "prom"))
+    monkeypatch.setattr(workers, "use_batch_scheduling", lambda on, us: order.append(("sched", on, us)))
+    monkeypatch.setattr(service.app, "create_app", lambda settings: "app")
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: order.append(("uvicorn", kw.get("workers", 1))))
+    workers.serve({"artifacts": tmp_path, "sched_slice_us": 20_000}, workers=n_workers)
+    assert order == [("sched", True, 20_000), ("uvicorn", n_workers)]
