@@ -17,7 +17,8 @@ under test are `--max-queue` / `--timeout-ms`), then runs three phases and print
    per second) against capacity, p99 of the accepted (200) requests against the deadline, 429s,
    5xx and transport errors.
 
-Each phase's line also carries `server`: CPU seconds per wall second and context switches per
+Each phase's line also carries `client_cpu_per_s` (this load generator's CPU seconds per second:
+what it takes from the server when they share cores) and `server`: CPU seconds per wall second and context switches per
 second of each server thread ("main" is the event loop; from /proc/PID/task), and the batcher's
 batches per second, mean batch size and mean stage times over the phase (from /metrics).
 
@@ -142,6 +143,7 @@ class Tally:
         self.transport_errors = 0  # a request that got no answer (fresh connection refused, reset, cut)
         self.stale_reconnects = 0  # an idle keep-alive connection the server had closed; retried once
         self.client_dropped = 0
+        self.cpu0 = time.process_time()  # this load generator's own CPU: what it takes from shared cores
 
     def summary(self, seconds: float) -> dict:
         s5xx = sum(n for code, n in self.statuses.items() if code.startswith("5"))
@@ -149,6 +151,7 @@ class Tally:
                 "transport_errors": self.transport_errors, "stale_reconnects": self.stale_reconnects,
                 "client_dropped": self.client_dropped,
                 "served_qps": round(self.statuses.get("200", 0) / seconds, 1),
+                "client_cpu_per_s": round((time.process_time() - self.cpu0) / seconds, 3),
                 "latency_ok_ms": percentiles_ms(self.ok_latency) if self.ok_latency else None,
                 "latency_all_ms": percentiles_ms(self.all_latency) if self.all_latency else None}
 
