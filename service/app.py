@@ -198,7 +198,7 @@ def create_app(settings: Settings) -> FastAPI:
             problems.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
         return JSONResponse({"error": "InvalidRequest", "message": "; ".join(problems[:10])}, status_code=422)
 
-    @app.exception_handler(Exception)
+    @app.exception_handler(Exception)  # a fallback: RequestMiddleware answers a handler's error first (with its id)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
         return JSONResponse({"error": "InternalError", "message": "internal error"}, status_code=500)

@@ -1,5 +1,6 @@
 """Pure-ASGI middleware (cheaper than BaseHTTPMiddleware on the hot path):
-request ids, access metrics and logs, and the request body size limit."""
+request ids, access metrics and logs, the request body size limit, the 429 of a full queue, and
+the 500 of an unhandled error (with its request id)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from service.metrics import Metrics
 
 Scope = dict[str, Any]
 access_log = logging.getLogger("service.access")
+error_log = logging.getLogger("service.app")
 
 
 def _error(status: int, code: str, message: str, request_id: str) -> tuple[dict, dict]:
@@ -93,12 +95,22 @@ class RequestMiddleware:
 
         async def send_with_id(message: Any) -> None:
             if message["type"] == "http.response.start":
-                status_box["status"] = message["status"]
+                status_box["status"], status_box["started"] = message["status"], True
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             await send(message)
 
         try:
             await self.app(scope, receive_app, send_with_id)
+        except Exception:
+            # An unhandled error: answered here rather than by Starlette's outermost error middleware,
+            # so the 500 carries X-Request-ID and the traceback is logged under the same id. Nothing
+            # internal in the body. Once the response has started, nothing more can be sent.
+            if status_box.get("started"):
+                raise
+            error_log.exception("unhandled error on %s", scope.get("path", ""))
+            first, body = _error(500, "InternalError", "internal error", request_id)
+            await send(first)
+            await send(body)
         finally:
             if scope["state"].get("client_disconnected"):
                 status_box["status"] = 499  # client closed the request (nginx's code); nothing was sent

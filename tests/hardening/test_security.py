@@ -5,6 +5,7 @@ path in any response, CORS closed unless configured."""
 
 from __future__ import annotations
 
+import logging
 import pickle
 import re
 from pathlib import Path
@@ -162,16 +163,23 @@ def test_images_cannot_escape_their_root(tiny_build, tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------- errors and leaked paths
 
-def test_an_internal_error_shows_no_traceback_or_path(hard_client: TestClient, monkeypatch) -> None:
+def test_an_internal_error_shows_no_traceback_or_path(hard_client: TestClient, monkeypatch, caplog) -> None:
     engine = hard_client.app.state.svc.engine
 
     def boom(requests):
         raise RuntimeError(f"{engine.settings.artifacts}/versions/x/index.faiss exploded in engine.py line 7")
 
     monkeypatch.setattr(engine, "search_batch", boom)
-    r = hard_client.post("/search", json={"query": "kaboom unique 1"})
+    with caplog.at_level(logging.ERROR, logger="service.app"):
+        r = hard_client.post("/search", json={"query": "kaboom unique 1"}, headers={"x-request-id": "trace-500"})
     assert r.status_code == 500
     assert r.json() == {"error": "InternalError", "message": "internal error"}
+    assert r.headers["x-request-id"] == "trace-500"  # the caller can quote it; the log has the traceback under it
+    logged = [rec for rec in caplog.records if rec.exc_info and "unhandled error on /search" in rec.getMessage()]
+    assert len(logged) == 1 and "exploded" in str(logged[0].exc_info[1])
+    counted = [line for line in hard_client.get("/metrics").text.splitlines()
+               if line.startswith("http_requests_total{") and 'route="/search"' in line and 'status="500"' in line]
+    assert counted and float(counted[0].split()[-1]) >= 1  # the metrics count it as a 500
 
 
 def test_reload_and_readiness_errors_name_no_server_path(hard_client: TestClient, hard_artifacts: Path) -> None:
