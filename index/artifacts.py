@@ -103,9 +103,11 @@ class ArtifactStore:
 
     def current_version(self) -> str | None:
         try:
-            name = self.current_file.read_text().strip()
+            name = self.current_file.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
             return None
+        except UnicodeDecodeError:
+            raise ArtifactError(f"{self.current_file}: not UTF-8 text (it should hold a version name)") from None
         return name or None
 
     def version_dir(self, version: str) -> Path:

@@ -99,8 +99,15 @@ async def _follow_current(state: ServiceState, wake: asyncio.Event) -> None:
                 await asyncio.to_thread(reload_version, state, target)
             elif target is None and not state.engine.ready:
                 state.load_error = f"no version published in {settings.artifacts}"
+            if target is None and served is not None:  # current deleted or emptied under a serving replica
+                if state.follow_error is None:
+                    log.error("%s/current names no version (missing or empty); still serving %s",
+                              settings.artifacts, served)
+                state.follow_error = f"{settings.artifacts}/current names no version (missing or empty)"
+            else:
+                state.follow_error = None
         except Exception as e:  # noqa: BLE001 - keep serving the old version; report the failure
-            state.load_error = f"{type(e).__name__}: {e}"
+            state.load_error = state.follow_error = f"{type(e).__name__}: {e}"
             log.error("loading version failed: %s", state.load_error)
         interval = settings.reload_poll_s if settings.reload_poll_s > 0 else (1.0 if not state.engine.ready else None)
         with contextlib.suppress(TimeoutError):

@@ -187,6 +187,8 @@ async def readyz(state: State) -> JSONResponse:
                          **({} if lv.lexical is not None else {"fallback": FALLBACK})},
         "last_reload_error": engine.last_reload_error and public_message(engine.last_reload_error,
                                                                           state.settings.artifacts),
+        # following DIR/current: null, or why its last poll did not reach the version it names
+        "follow_error": state.follow_error and public_message(state.follow_error, state.settings.artifacts),
     })
 
 

@@ -24,6 +24,7 @@ class ServiceState:
     warmed: bool = False
     shutting_down: bool = False
     load_error: str | None = None
+    follow_error: str | None = None  # the last poll of DIR/current failed (shown by /readyz while serving)
     background: list = field(default_factory=list)
     cache: ResultCache = field(default_factory=lambda: ResultCache(0))  # off unless create_app sets one
     query_log: QueryLog | None = None

@@ -126,17 +126,32 @@ def test_running_service_keeps_the_last_good_version(followers, fault: str) -> N
         write_atomic(store.current_file, (good + "\n").encode())
 
 
-@pytest.mark.parametrize("content", [b"", b"\n", b"../../etc/passwd\n", b"\xff\xfe\x00garbage", b"v" * 10_000])
-def test_a_garbled_current_file_does_not_stop_serving(followers, content: bytes) -> None:
+GARBLED_CURRENT = {b"": "names no version", b"\n": "names no version", b"../../etc/passwd\n": "not a valid version name",
+                   b"\xff\xfe\x00garbage": "not UTF-8 text", b"v" * 10_000: "not a valid version name", None: "names no version"}
+
+
+@pytest.mark.parametrize("content", list(GARBLED_CURRENT), ids=["empty", "blank", "path", "binary", "long", "deleted"])
+def test_a_garbled_current_file_does_not_stop_serving(followers, content: bytes | None) -> None:
+    """The replica keeps serving its version and says why it is not following: /readyz stays 200
+    with `follow_error` (no server path in it); once `current` is repaired the error clears."""
     client, store, good = followers(False)
     try:
-        store.current_file.write_bytes(content)
-        time.sleep(0.4)  # a few polls
+        if content is None:
+            store.current_file.unlink()
+        else:
+            store.current_file.write_bytes(content)
+        wait_for(lambda: client.get("/readyz").json().get("follow_error") is not None,
+                 why=lambda: client.get("/readyz").json())
+        time.sleep(0.3)  # a few more polls
         r = client.post("/search", json={"query": "wool scarf"})
         assert r.status_code == 200 and r.json()["index_version"] == good
-        assert client.get("/readyz").status_code == 200
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["index_version"] == good
+        error = ready.json()["follow_error"]
+        assert GARBLED_CURRENT[content] in error and str(store.root) not in error, error
     finally:
         write_atomic(store.current_file, (good + "\n").encode())
+    wait_for(lambda: client.get("/readyz").json()["follow_error"] is None, why=lambda: client.get("/readyz").json())
 
 
 def enospc(*_a, **_k):
