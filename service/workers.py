@@ -18,6 +18,7 @@ oversubscribe the cores. docs/SERVING.md has the memory cost per worker.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import logging
@@ -27,6 +28,7 @@ import shutil
 import struct
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +83,8 @@ _SCHED_ATTR_SYSCALLS = {"x86_64": (314, 315), "aarch64": (274, 275)}
 _SCHED_ATTR = struct.Struct("IIQiIQQQII")  # struct sched_attr, SCHED_ATTR_SIZE_VER1 (56 bytes)
 
 
-def _sched_attr_call(set_policy: int | None = None, slice_ns: int = 0) -> tuple[int, int]:
-    """sched_setattr(this thread, policy, slice) when `set_policy` is given, then sched_getattr:
+def _sched_attr_call(set_policy: int | None = None, slice_ns: int = 0, tid: int = 0) -> tuple[int, int]:
+    """sched_setattr(thread `tid`, 0: this one, policy, slice) when `set_policy` is given, then sched_getattr:
     -> (policy, sched_runtime in ns). A fair-class thread reports its time slice as sched_runtime
     on Linux 6.12+ (earlier kernels ignore the field and report 0). Raises OSError."""
     numbers = _SCHED_ATTR_SYSCALLS.get(platform.machine())
@@ -92,10 +94,10 @@ def _sched_attr_call(set_policy: int | None = None, slice_ns: int = 0) -> tuple[
     buf = ctypes.create_string_buffer(_SCHED_ATTR.size)
     if set_policy is not None:
         _SCHED_ATTR.pack_into(buf, 0, _SCHED_ATTR.size, set_policy, 0, 0, 0, slice_ns, 0, 0, 0, 0)
-        if libc.syscall(numbers[0], 0, buf, 0) != 0:
+        if libc.syscall(numbers[0], tid, buf, 0) != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"sched_setattr: {os.strerror(err)}")
-    if libc.syscall(numbers[1], 0, buf, _SCHED_ATTR.size, 0) != 0:
+    if libc.syscall(numbers[1], tid, buf, _SCHED_ATTR.size, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"sched_getattr: {os.strerror(err)}")
     fields = _SCHED_ATTR.unpack(buf.raw)
@@ -103,8 +105,8 @@ def _sched_attr_call(set_policy: int | None = None, slice_ns: int = 0) -> tuple[
 
 
 def use_batch_scheduling(enabled: bool, slice_us: int = 0) -> bool:
-    """Put this process under SCHED_BATCH (Linux): every thread and worker process it starts from
-    now on inherits it. A thread under SCHED_BATCH never preempts a running one when it wakes; it
+    """Put this process under SCHED_BATCH (Linux): its threads now, and every thread and worker
+    process it starts from now on (they inherit it). A thread under SCHED_BATCH never preempts a running one when it wakes; it
     runs at the next scheduler tick. The event loop wakes once per arriving request; without this,
     each wake-up preempts the encoder mid-batch (two context switches and a cold cache per request),
     which cost the most under overload, when half the arrivals only get a 429.
@@ -123,6 +125,10 @@ def use_batch_scheduling(enabled: bool, slice_us: int = 0) -> bool:
     except OSError as e:  # e.g. a seccomp profile that forbids it: serving goes on without
         log.warning("sched_batch: could not set SCHED_BATCH (%s); the default scheduling stays", e)
         return False
+    others = _other_threads()  # started before this call (by imported libraries): they do not inherit
+    for tid in others:
+        with contextlib.suppress(OSError):  # a thread that has exited since the listing
+            os.sched_setscheduler(tid, os.SCHED_BATCH, os.sched_param(0))
     if slice_us > 0:
         try:
             policy, got_ns = _sched_attr_call(os.SCHED_BATCH, slice_us * 1000)
@@ -133,7 +139,18 @@ def use_batch_scheduling(enabled: bool, slice_us: int = 0) -> bool:
             if policy != os.SCHED_BATCH or got_ns != slice_us * 1000:  # a kernel before 6.12 ignores it
                 log.info("sched_slice_us: this kernel does not take a custom slice (it reports %d ns); its "
                          "default slice stays", got_ns)
+            for tid in others:
+                with contextlib.suppress(OSError):
+                    _sched_attr_call(os.SCHED_BATCH, slice_us * 1000, tid)
     return True
+
+
+def _other_threads() -> list[int]:
+    """This process's other threads (Linux: /proc/self/task), or none where that cannot be listed."""
+    try:
+        return [tid for tid in map(int, os.listdir("/proc/self/task")) if tid != threading.get_native_id()]
+    except OSError:
+        return []
 
 
 def serve(overrides: dict[str, Any], workers: int = 1) -> None:

@@ -122,34 +122,41 @@ def test_batch_scheduling_off_or_refused_leaves_the_policy(monkeypatch, caplog) 
 @pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policy")
 def test_time_slice_is_set_and_inherited_by_threads_and_children() -> None:
     """`use_batch_scheduling(True, slice_us)` asks the kernel for that time slice (sched_setattr);
-    sched_getattr reads it back in this process, a thread it starts and a child process."""
+    sched_getattr reads it back in the calling thread, a thread that was already running (a
+    library's), a thread started afterwards and a child process."""
     code = """
 import subprocess, sys, threading
 from service.workers import _sched_attr_call, use_batch_scheduling
+go, seen = threading.Event(), []
+early = threading.Thread(target=lambda: (go.wait(), seen.append(_sched_attr_call())))  # started before: no inheritance
+early.start()
 assert use_batch_scheduling(True, 12_500)
-seen = []
+go.set(); early.join()
 t = threading.Thread(target=lambda: seen.append(_sched_attr_call()))
 t.start(); t.join()
 child = subprocess.run([sys.executable, "-c", "from service.workers import _sched_attr_call as f; print(*f())"],
                        capture_output=True, text=True, check=True).stdout.split()
-print(*_sched_attr_call(), *seen[0], *child)
+print(*_sched_attr_call(), *seen[0], *seen[1], *child)
 """
     out = [int(v) for v in subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                           cwd=ROOT).stdout.split()]
     if out[1] == 0:
         pytest.skip("this kernel does not report custom slices (Linux < 6.12)")
-    assert out == [os.SCHED_BATCH, 12_500_000] * 3, out
+    assert out == [os.SCHED_BATCH, 12_500_000] * 4, out  # this thread, one started before, one after, a child
 
 
 def test_time_slice_off_refused_or_unsupported(monkeypatch, caplog) -> None:
     """A zero slice leaves the kernel's default alone; a refused or ignored slice is logged and
     SCHED_BATCH stays on (serving never stops for it)."""
-    monkeypatch.setattr(os, "sched_setscheduler", lambda *a: None, raising=False)  # this process keeps its policy
+    policies = []
+    monkeypatch.setattr(os, "sched_setscheduler", lambda tid, *a: policies.append(tid), raising=False)  # untouched
     monkeypatch.setattr(os, "SCHED_BATCH", 3, raising=False)
+    monkeypatch.setattr(workers, "_other_threads", lambda: [4242])  # a library's thread, started before
     calls = []
     monkeypatch.setattr(workers, "_sched_attr_call", lambda *a: calls.append(a) or (3, 10_000_000))
-    assert workers.use_batch_scheduling(True, 0) is True and calls == []
-    assert workers.use_batch_scheduling(True, 10_000) is True and calls == [(3, 10_000_000)]
+    assert workers.use_batch_scheduling(True, 0) is True and calls == [] and policies == [0, 4242]
+    assert workers.use_batch_scheduling(True, 10_000) is True
+    assert calls == [(3, 10_000_000), (3, 10_000_000, 4242)]
 
     def refuse(*_: object) -> tuple[int, int]:
         raise OSError(38, "sched_setattr: not wired for this platform")
