@@ -125,10 +125,7 @@ def use_batch_scheduling(enabled: bool, slice_us: int = 0) -> bool:
     except OSError as e:  # e.g. a seccomp profile that forbids it: serving goes on without
         log.warning("sched_batch: could not set SCHED_BATCH (%s); the default scheduling stays", e)
         return False
-    others = _other_threads()  # started before this call (by imported libraries): they do not inherit
-    for tid in others:
-        with contextlib.suppress(OSError):  # a thread that has exited since the listing
-            os.sched_setscheduler(tid, os.SCHED_BATCH, os.sched_param(0))
+    slice_ns = 0  # the slice this thread got, which the others then get too
     if slice_us > 0:
         try:
             policy, got_ns = _sched_attr_call(os.SCHED_BATCH, slice_us * 1000)
@@ -136,12 +133,17 @@ def use_batch_scheduling(enabled: bool, slice_us: int = 0) -> bool:
             log.warning("sched_slice_us: could not set a %d us slice (%s); the kernel's default slice stays",
                         slice_us, e)
         else:
-            if policy != os.SCHED_BATCH or got_ns != slice_us * 1000:  # a kernel before 6.12 ignores it
+            if policy == os.SCHED_BATCH and got_ns == slice_us * 1000:
+                slice_ns = got_ns
+            else:  # a kernel before 6.12 ignores it
                 log.info("sched_slice_us: this kernel does not take a custom slice (it reports %d ns); its "
                          "default slice stays", got_ns)
-            for tid in others:
-                with contextlib.suppress(OSError):
-                    _sched_attr_call(os.SCHED_BATCH, slice_us * 1000, tid)
+    for tid in _other_threads():  # started before this call (by imported libraries): they do not inherit
+        with contextlib.suppress(OSError):  # a thread that has exited since the listing
+            if slice_ns:
+                _sched_attr_call(os.SCHED_BATCH, slice_ns, tid)
+            else:
+                os.sched_setscheduler(tid, os.SCHED_BATCH, os.sched_param(0))
     return True
 
 
