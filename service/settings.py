@@ -65,11 +65,12 @@ class Settings(BaseSettings):
                               "arriving while the search worker holds the CPU waits for the scheduler tick instead "
                               "of preempting it, so the event loop handles arrivals in groups (more throughput on "
                               "contended cores and under overload; docs/RELIABILITY.md). Ignored elsewhere")
-    sched_slice_us: int = Field(10_000, ge=0, le=100_000, description="with sched_batch: the threads' time slice "
-                                "(Linux 6.12+; 0: the kernel's default, 1.4 ms on the 2-core dev machine). A longer slice lets the encoder finish "
-                                "more of a batch before the event loop takes the core, and the loop then handles a "
-                                "slice's worth of arrivals at once: more served under overload, up to ~2 ms more p99 at 60% "
-                                "load on a shared core (docs/RELIABILITY.md). The kernel takes 100..100000")
+    sched_slice_us: int = Field(10_000, ge=0, le=100_000, description="with sched_batch: the threads' time "
+                                "slice (Linux 6.12+; 0: the kernel's default, 1.4 ms on the 2-core dev machine). "
+                                "A longer slice lets the encoder finish more of a batch before the event loop takes "
+                                "the core, and the loop then handles a slice's worth of arrivals at once: more "
+                                "served under overload, up to ~2 ms more p99 at 60% load on a shared core "
+                                "(docs/RELIABILITY.md). The kernel takes 100..100000")
 
     # --- hybrid retrieval: dense + lexical (BM25), fused (docs/SERVING.md, docs/RESULTS.md); per-request options
     search_mode: Literal["dense", "lexical", "hybrid"] = Field(
