@@ -3,7 +3,8 @@
 Every input row ends up either loaded or rejected with a reason (`file:line: field: reason`). By
 default the first bad row stops the load (`CatalogError`); with `skip_bad_rows=True` bad rows are
 skipped and counted. A missing, remote or out-of-bounds image never rejects a listing: that view is
-dropped and counted in the report.
+dropped and counted in the report. Text over a stored limit is cut, never rejected, and counted per
+field (`truncated`); the three formats share the limits (model/fields.py, docs/DATA.md).
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import math
 import os
-import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,15 +20,33 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from model.fields import (  # noqa: F401 - the limits are part of this module's interface
+    MAX_ATTRIBUTE_KEY_CHARS,
+    MAX_ATTRIBUTE_VALUE_CHARS,
+    MAX_ATTRIBUTES,
+    MAX_CATEGORY_CHARS,
+    MAX_DESCRIPTION_CHARS,
+    MAX_ENTRIES,
+    MAX_FIELD_CHARS,
+    MAX_ID_CHARS,
+    MAX_IMAGE_REF_CHARS,
+    MAX_IMAGES,
+    MAX_ROW_CHARS,
+    MAX_TAG_CHARS,
+    MAX_TAGS,
+    MAX_TITLE_CHARS,
+    Cut,
+    FieldError,
+    as_attributes,
+    as_id,
+    as_images,
+    as_price,
+    as_str,
+    as_tags,
+    check_size,
+)
+
 FIELDS = ("id", "title", "description", "tags", "attributes", "category", "price", "images")
-# Limits that keep one absurd row from costing the whole build (a row over them is rejected).
-MAX_ID_CHARS = 256
-MAX_TITLE_CHARS = 1_000
-MAX_DESCRIPTION_CHARS = 20_000
-MAX_TAGS = 100
-MAX_ATTRIBUTES = 100
-MAX_IMAGES = 20
-MAX_SHORT_FIELD_CHARS = 256  # a tag, category, attribute key or value
 SUPPORTED_SUFFIXES = (".jsonl", ".csv", ".parquet")
 
 
@@ -97,6 +114,9 @@ class LoadReport:
     rejected: list[RejectedRow] = field(default_factory=list)
     dropped_images: list[DroppedImage] = field(default_factory=list)
     sha256: str = ""
+    # Listings loaded with a field cut to its stored limit, per field; a few `file:line: field: how`.
+    truncated: Counter[str] = field(default_factory=Counter)
+    truncated_examples: list[str] = field(default_factory=list)
 
     def to_dict(self, max_examples: int = 50) -> dict[str, Any]:
         return {
@@ -112,9 +132,11 @@ class LoadReport:
             "dropped_images": len(self.dropped_images),
             "dropped_images_by_reason": dict(Counter(d.reason for d in self.dropped_images)),
             "dropped_image_examples": [
-                f"{self.file}:{d.line}: images: {d.image}: {d.reason}"
+                f"{self.file}:{d.line}: images: {d.image[:200]}: {d.reason}"
                 for d in self.dropped_images[:max_examples]
             ],
+            "truncated": dict(sorted(self.truncated.items())),
+            "truncated_examples": self.truncated_examples[:max_examples],
         }
 
 
@@ -179,16 +201,16 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | CatalogError
             yield lineno, row
 
 
-def _split_pipe(value: str) -> list[str]:
-    return [part.strip() for part in value.split("|") if part.strip()]
-
-
 def _not_utf8(text: str) -> bool:
     """True when `text` holds bytes that were not UTF-8 (decoded with errors="surrogateescape")."""
     return any("\udc80" <= ch <= "\udcff" for ch in text)
 
 
 def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any] | CatalogError]]:
+    # The csv module refuses fields over 128 KiB by default; our own limits decide (model/fields.py).
+    # (A process-wide setting; it is only ever raised.)
+    if csv.field_size_limit() < MAX_ROW_CHARS + 1:
+        csv.field_size_limit(MAX_ROW_CHARS + 1)
     # surrogateescape: a bad byte costs its own row (rejected with the reason), never the rest of the file
     with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
         header = f.readline()
@@ -204,7 +226,9 @@ def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any] | CatalogError]]
                 return
             except csv.Error as e:  # e.g. a field over the csv module's size limit: this row only
                 start, line = line + 1, reader.line_num
-                yield start, CatalogError(str(path), start, "row", f"malformed CSV ({e})")
+                why = (f"a field over {MAX_ROW_CHARS:,} characters (the limit for a whole row)"
+                       if "field larger than field limit" in str(e) else f"malformed CSV ({e})")
+                yield start, CatalogError(str(path), start, "row", why)
                 continue
             start, line = line + 1, reader.line_num
             if None in raw:
@@ -237,102 +261,6 @@ def _read_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any] | CatalogErr
             yield rowno, {k: v for k, v in row.items() if v is not None}
 
 
-# --------------------------------------------------------------------------- field validation
-
-
-def _clean_text(value: str) -> str:
-    """Drop control characters (keep newlines and tabs as spaces) and normalise to NFC."""
-    value = unicodedata.normalize("NFC", value)
-    return "".join(" " if ch in "\n\r\t" else ch for ch in value if ch in "\n\r\t" or unicodedata.category(ch) != "Cc").strip()
-
-
-def _as_str(value: Any, fld: str, max_chars: int, *, required: bool = False, allow_int: bool = False) -> str:
-    if value is None:
-        if required:
-            raise _FieldError(fld, "is missing")
-        return ""
-    if isinstance(value, bool) or not isinstance(value, str | int) or (isinstance(value, int) and not allow_int):
-        raise _FieldError(fld, f"expected a string, got {type(value).__name__}")
-    text = _clean_text(str(value))
-    if required and not text:
-        raise _FieldError(fld, "is empty")
-    if len(text) > max_chars:
-        raise _FieldError(fld, f"is {len(text)} characters long (limit {max_chars})")
-    return text
-
-
-class _FieldError(Exception):
-    def __init__(self, fld: str, reason: str):
-        self.field, self.reason = fld, reason
-        super().__init__(f"{fld}: {reason}")
-
-
-def _as_list(value: Any, fld: str, limit: int, *, csv_row: bool) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        if not csv_row:
-            raise _FieldError(fld, "expected a list of strings, got a string")
-        value = _split_pipe(value)
-    if not isinstance(value, list | tuple):
-        raise _FieldError(fld, f"expected a list of strings, got {type(value).__name__}")
-    if len(value) > limit:
-        raise _FieldError(fld, f"has {len(value)} entries (limit {limit})")
-    out = []
-    for i, item in enumerate(value):
-        if not isinstance(item, str):
-            raise _FieldError(f"{fld}[{i}]", f"expected a string, got {type(item).__name__}")
-        text = _clean_text(item)
-        if len(text) > (MAX_SHORT_FIELD_CHARS if fld == "tags" else 4096):
-            raise _FieldError(f"{fld}[{i}]", f"is {len(text)} characters long")
-        if text:
-            out.append(text)
-    return out
-
-
-def _as_attributes(value: Any, *, csv_row: bool) -> dict[str, str]:
-    if value is None:
-        return {}
-    if isinstance(value, str) and csv_row:
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise _FieldError("attributes", f"not a JSON object string ({e.msg})") from None
-    if isinstance(value, list | tuple) and all(isinstance(p, list | tuple | dict) for p in value):
-        # parquet map<string,string> arrives as [(key, value), ...] or [{"key":..,"value":..}]
-        value = dict((p["key"], p["value"]) if isinstance(p, dict) else tuple(p) for p in value)
-    if not isinstance(value, dict):
-        raise _FieldError("attributes", f"expected an object of strings, got {type(value).__name__}")
-    if len(value) > MAX_ATTRIBUTES:
-        raise _FieldError("attributes", f"has {len(value)} keys (limit {MAX_ATTRIBUTES})")
-    out: dict[str, str] = {}
-    for key, val in value.items():
-        if isinstance(val, bool) or not isinstance(val, str | int | float):
-            raise _FieldError(f"attributes.{key}", f"expected a string or number, got {type(val).__name__}")
-        k, v = _clean_text(str(key)), _clean_text(str(val))
-        if len(k) > MAX_SHORT_FIELD_CHARS or len(v) > MAX_SHORT_FIELD_CHARS:
-            raise _FieldError(f"attributes.{key}", f"longer than {MAX_SHORT_FIELD_CHARS} characters")
-        if k and v:
-            out[k] = v
-    return out
-
-
-def _as_price(value: Any, *, csv_row: bool) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, str) and csv_row:
-        try:
-            value = float(value)
-        except ValueError:
-            raise _FieldError("price", f"not a number: {value[:40]!r}") from None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _FieldError("price", f"expected a number, got {type(value).__name__}")
-    price = float(value)
-    if not math.isfinite(price) or price < 0:
-        raise _FieldError("price", f"must be a finite number >= 0, got {value!r}")
-    return price
-
-
 # --------------------------------------------------------------------------- images
 
 
@@ -348,6 +276,8 @@ class ImageResolver:
 
     def resolve(self, ref: str) -> tuple[str | None, str]:
         """-> (absolute path, "") or (None, reason)."""
+        if len(ref) > MAX_IMAGE_REF_CHARS:
+            return None, f"reference longer than {MAX_IMAGE_REF_CHARS:,} characters"
         if "\x00" in ref:
             return None, "path contains a NUL byte"
         parsed = urlparse(ref)
@@ -379,17 +309,18 @@ class ImageResolver:
 # --------------------------------------------------------------------------- the loader
 
 
-def _validate_row(row: dict[str, Any], *, csv_row: bool) -> dict[str, Any]:
+def _validate_row(row: dict[str, Any], *, csv_row: bool, cut: Cut) -> dict[str, Any]:
+    check_size(row, FIELDS)
     return {
         # integer ids are accepted (CSV and parquet readers infer them) and kept as strings
-        "id": _as_str(row.get("id"), "id", MAX_ID_CHARS, required=True, allow_int=True),
-        "title": _as_str(row.get("title"), "title", MAX_TITLE_CHARS, required=True),
-        "description": _as_str(row.get("description"), "description", MAX_DESCRIPTION_CHARS),
-        "tags": tuple(_as_list(row.get("tags"), "tags", MAX_TAGS, csv_row=csv_row)),
-        "attributes": _as_attributes(row.get("attributes"), csv_row=csv_row),
-        "category": _as_str(row.get("category"), "category", MAX_SHORT_FIELD_CHARS),
-        "price": _as_price(row.get("price"), csv_row=csv_row),
-        "images": tuple(_as_list(row.get("images"), "images", MAX_IMAGES, csv_row=csv_row)),
+        "id": as_id(row.get("id")),
+        "title": as_str(row.get("title"), "title", MAX_TITLE_CHARS, cut, required=True),
+        "description": as_str(row.get("description"), "description", MAX_DESCRIPTION_CHARS, cut),
+        "tags": as_tags(row.get("tags"), cut, csv_row=csv_row),
+        "attributes": as_attributes(row.get("attributes"), cut, csv_row=csv_row),
+        "category": as_str(row.get("category"), "category", MAX_CATEGORY_CHARS, cut),
+        "price": as_price(row.get("price"), csv_row=csv_row),
+        "images": as_images(row.get("images"), cut, csv_row=csv_row),
     }
 
 
@@ -422,14 +353,15 @@ def load_catalog(
     seen: dict[str, int] = {}
     for line, row in iter_rows(p):
         report.n_rows += 1
+        cuts: dict[str, str] = {}
         try:
             if isinstance(row, CatalogError):
                 raise row
             if renames:
                 row = {renames.get(k, k): v for k, v in row.items()}
             try:
-                values = _validate_row(row, csv_row=csv_row)
-            except _FieldError as e:
+                values = _validate_row(row, csv_row=csv_row, cut=cuts.setdefault)
+            except FieldError as e:
                 raise CatalogError(str(p), line, e.field, e.reason) from None
             if values["id"] in seen:
                 raise CatalogError(str(p), line, "id", f"duplicate id {values['id']!r} (first at line {seen[values['id']]})")
@@ -440,6 +372,10 @@ def load_catalog(
             report.rejected.append(RejectedRow(line, err.field, err.reason, str(rid) if rid is not None else None))
             continue
         seen[values["id"]] = line
+        for fld, how in cuts.items():
+            report.truncated[fld] += 1
+            if len(report.truncated_examples) < 50:
+                report.truncated_examples.append(f"{p}:{line}: {fld}: {how}")
         paths, slots = [], []
         for slot, ref in enumerate(values["images"]):
             resolved, reason = resolver.resolve(ref)

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,6 +231,20 @@ class Tokenizer:
             raise ValueError(f"{path}: post-processor does not wrap texts as [CLS] ... [SEP]")
         self.vocab_size: int = self._tok.get_vocab_size()
 
+    def _head_ids(self, texts: Sequence[str], lens: Sequence[int]) -> list[list[int]]:
+        """Ids of each text's first max_len words (`_head`): more than max_len of them, or all.
+
+        Tokenisation is prefix-stable at a space (normaliser and pre-tokeniser work within words),
+        so the head's ids are the first ids of the whole text: a 50,000-character description
+        costs its first 128 words, not all of them. A head that was cut and yet gives no more than
+        max_len ids (words that tokenise to nothing) is encoded whole instead."""
+        heads = [_head(t, m) for t, m in zip(texts, lens, strict=True)]
+        out = [e.ids for e in self._tok.encode_batch(heads)]
+        redo = [i for i, m in enumerate(lens) if len(heads[i]) < len(texts[i]) and len(out[i]) <= m]
+        for i, e in zip(redo, self._tok.encode_batch([texts[i] for i in redo]) if redo else [], strict=True):
+            out[i] = e.ids
+        return out
+
     def ids(self, texts: Sequence[str], max_len: int | Sequence[int]) -> list[list[int]]:
         """Token ids per text, [CLS] ... [SEP], cut to `max_len` (per text or one for all) keeping [SEP]."""
         lens = _per_text(max_len, len(texts), "max_len")
@@ -237,11 +252,19 @@ class Tokenizer:
             raise ValueError(f"max_len: must be >= 2 ([CLS] and [SEP]), got {min(lens)}")
         if not texts:
             return []
-        out = [e.ids for e in self._tok.encode_batch(list(texts))]
+        out = self._head_ids(texts, lens)
         for i, m in enumerate(lens):
             if len(out[i]) > m:
                 out[i] = out[i][: m - 1] + [self.sep_id]
         return out
+
+    def over_budget(self, texts: Sequence[str], max_len: int | Sequence[int]) -> list[bool]:
+        """Per text: does it hold more than `max_len` tokens ([CLS] and [SEP] included), i.e. is
+        the encoder's view of it cut."""
+        lens = _per_text(max_len, len(texts), "max_len")
+        if not texts:
+            return []
+        return [len(ids) > m for ids, m in zip(self._head_ids(texts, lens), lens, strict=True)]
 
     def pad(self, ids: Sequence[Sequence[int]], pad_to: int | None = None) -> tuple[Tensor, Tensor]:
         """Right-pad to the longest (or exactly `pad_to`, for fixed-shape buckets) -> (ids, mask) int64."""
@@ -259,6 +282,20 @@ class Tokenizer:
     def encode(self, texts: Sequence[str], max_len: int, pad_to: int | None = None) -> tuple[Tensor, Tensor]:
         """Texts -> (input_ids (B, T), attention_mask (B, T)), both int64."""
         return self.pad(self.ids(texts, max_len), pad_to)
+
+
+# Words for `_head`: split at ASCII whitespace only, where the BERT pre-tokeniser always splits too.
+_WORD = re.compile(r"[^ \t\n\r]+")
+
+
+def _head(text: str, n_words: int) -> str:
+    """`text` up to the end of its n-th word (all of it when it has fewer)."""
+    if len(text) <= n_words:  # fewer characters than words wanted: nothing to cut
+        return text
+    for i, m in enumerate(_WORD.finditer(text), start=1):
+        if i == n_words:
+            return text[:m.end()]
+    return text
 
 
 def _per_text(value: int | Sequence[int], n: int, name: str) -> list[int]:

@@ -1,12 +1,14 @@
 """Property tests of the catalog loader on messy generated catalogs (hypothesis, derandomised,
 bounded): every line of the file is accounted for exactly once (loaded, or rejected with a reason),
-loaded listings obey every limit, images never resolve outside the allowed roots, and the strict
-mode stops at exactly the first line the lenient mode rejects.
+loaded listings obey every stored limit (text over one is cut and counted, not rejected), images
+never resolve outside the allowed roots, and the strict mode stops at exactly the first line the
+lenient mode rejects.
 
-Row ingredients: valid rows, duplicate ids, missing / empty / mistyped fields, absurdly long
-fields, unicode with control, zero-width and right-to-left characters, non-UTF-8 bytes, broken
-JSON, non-object JSON, infinite and negative prices, image references that are missing, remote,
-escaping, over-long, NUL-laden, or point at truncated and non-image files."""
+Row ingredients: valid rows, duplicate ids, missing / empty / mistyped fields, fields at, over and
+far over the stored limits, absurd fields and lists, unicode with control, zero-width and
+right-to-left characters, HTML fragments and entities, non-UTF-8 bytes, broken JSON, non-object
+JSON, infinite and negative prices, image references that are missing, remote, escaping, over-long,
+NUL-laden, or point at truncated and non-image files."""
 
 from __future__ import annotations
 
@@ -23,9 +25,18 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from model.catalog import (
+    MAX_ATTRIBUTE_KEY_CHARS,
+    MAX_ATTRIBUTE_VALUE_CHARS,
+    MAX_ATTRIBUTES,
+    MAX_CATEGORY_CHARS,
     MAX_DESCRIPTION_CHARS,
+    MAX_ENTRIES,
+    MAX_FIELD_CHARS,
     MAX_ID_CHARS,
-    MAX_SHORT_FIELD_CHARS,
+    MAX_IMAGE_REF_CHARS,
+    MAX_IMAGES,
+    MAX_ROW_CHARS,
+    MAX_TAG_CHARS,
     MAX_TAGS,
     MAX_TITLE_CHARS,
     CatalogError,
@@ -38,14 +49,17 @@ PROPS = hsettings(max_examples=40, derandomize=True, deadline=None, database=Non
 
 TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12) | st.sampled_from(
     ["Red mug", "🧣 scarf", "\u05e9\u05dc\u05d5\u05dd", "a\u202eb", "x\u200by", "tab\there", "nl\nx", "\x00\x01",
-     "e\u0301", "  ", "", "\ufeffbom"])
+     "e\u0301", "  ", "", "\ufeffbom", "<p>Red&nbsp;<b>mug</b></p>", "a <b", "AT&amp;T", "<script>x</script>"])
 IDS = st.sampled_from(["L1", "L2", "L3", "dup", "dup", "  spaced  ", "ünï", "7"]) | st.integers(0, 5) | TEXT
 IMAGE_REFS = st.sampled_from(["images/ok.jpg", "images/ok.jpg", "images/missing.jpg", "images/trunc.jpg",
                               "images/text.jpg", "../outside.jpg", "/etc/passwd", "https://cdn.example/a.jpg",
                               "file:///etc/hosts", "images/" + "n" * 300 + ".jpg", "images/a\x00.jpg",
                               "data:image/png;base64,AAAA", "s3://bucket/a.jpg", "images/../images/ok.jpg",
-                              "images", "~/x.jpg", "C:\\x.jpg", "images/%2e%2e/x.jpg", "a/" * 600])
-LONG = st.sampled_from([MAX_TITLE_CHARS, MAX_TITLE_CHARS + 1, MAX_DESCRIPTION_CHARS + 1, MAX_SHORT_FIELD_CHARS + 1])
+                              "images", "~/x.jpg", "C:\\x.jpg", "images/%2e%2e/x.jpg", "a/" * 600,
+                              "a/" * (MAX_IMAGE_REF_CHARS // 2 + 1)])
+# At and over the stored limits (cut), and over the one-field limit (the row is refused).
+LONG = st.sampled_from([MAX_TITLE_CHARS, MAX_TITLE_CHARS + 1, MAX_DESCRIPTION_CHARS + 1, MAX_CATEGORY_CHARS + 1,
+                        MAX_TAG_CHARS + 1, MAX_ATTRIBUTE_VALUE_CHARS + 1, MAX_FIELD_CHARS + 1])
 
 
 @st.composite
@@ -59,12 +73,16 @@ def rows(draw) -> object:
         row["id"], row["title"] = f"g{draw(st.integers(0, 30))}", draw(st.sampled_from(["Red mug", "Wool scarf"]))
     optional = {
         "description": TEXT | LONG.map(lambda n: "d" * n),
-        "tags": st.lists(TEXT, max_size=4) | st.just(["t"] * (MAX_TAGS + 1)) | TEXT | st.lists(st.integers(), max_size=2),
+        "tags": st.lists(TEXT, max_size=4) | st.just(["t"] * (MAX_TAGS + 1)) | st.just(["t"] * (MAX_ENTRIES + 1))
+        | LONG.map(lambda n: ["t" * n]) | TEXT | st.lists(st.integers(), max_size=2),
         "attributes": st.dictionaries(TEXT, TEXT | st.integers() | st.floats(allow_nan=False), max_size=3)
+        | LONG.map(lambda n: {"compatibility": "c" * n, "k" * (MAX_ATTRIBUTE_KEY_CHARS + 1): "v"})
+        | st.just({f"k{i}": "v" for i in range(MAX_ATTRIBUTES + 1)})
         | st.just(["not", "a", "dict"]) | st.just({"k": {"nested": 1}}),
         "category": TEXT | LONG.map(lambda n: "c" * n),
         "price": st.floats(allow_nan=False) | st.integers(-5, 10**6) | st.just("cheap") | st.none(),
-        "images": st.lists(IMAGE_REFS, max_size=4) | st.just("images/ok.jpg"),
+        "images": st.lists(IMAGE_REFS, max_size=4) | st.just(["images/ok.jpg"] * (MAX_IMAGES + 1))
+        | st.just("images/ok.jpg"),
     }
     for name, strategy in optional.items():
         if draw(st.booleans()):
@@ -104,14 +122,24 @@ def check_invariants(path: Path, lines: list[bytes], folder: Path) -> None:
     assert sorted(loaded + rejected) == sorted(content_lines)
     assert all(r.reason and r.field for r in rep.rejected)
     assert sum(rep.to_dict()["rejected_by_reason"].values()) == len(rep.rejected)
-    # 2. loaded listings obey the limits; ids unique; text clean
+    # 2. loaded listings obey the stored limits; ids unique; text clean; cuts counted per field
     ids = [lst.id for lst in cat.listings]
     assert len(ids) == len(set(ids))
+    # a length refuses a row only for an id or an absurd field / row, never for a stored limit
+    assert all(r.field in ("id", "row") or "for one field" in r.reason
+               for r in rep.rejected if "characters long" in r.reason)
+    assert all(0 < n <= rep.n_loaded for n in rep.truncated.values())
     for lst in cat.listings:
         assert lst.id and lst.title and len(lst.title) <= MAX_TITLE_CHARS and len(lst.id) <= MAX_ID_CHARS
-        assert len(lst.description) <= MAX_DESCRIPTION_CHARS and len(lst.tags) <= MAX_TAGS
+        assert len(lst.description) <= MAX_DESCRIPTION_CHARS and len(lst.category) <= MAX_CATEGORY_CHARS
+        assert len(lst.tags) <= MAX_TAGS and all(len(t) <= MAX_TAG_CHARS for t in lst.tags)
+        assert len(lst.attributes) <= MAX_ATTRIBUTES and len(lst.raw_images) <= MAX_IMAGES
+        assert all(len(k) <= MAX_ATTRIBUTE_KEY_CHARS and len(v) <= MAX_ATTRIBUTE_VALUE_CHARS
+                   for k, v in lst.attributes.items())
         for text in (lst.id, lst.title, lst.description, lst.category, *lst.tags, *lst.attributes.values()):
             assert not any(unicodedata.category(ch) == "Cc" for ch in text), repr(text)
+        for text in (lst.title, lst.description, lst.category, *lst.tags, *lst.attributes.values()):
+            assert "  " not in text and "<p>" not in text and "&nbsp;" not in text, repr(text)
         assert lst.price is None or (lst.price >= 0 and lst.price == lst.price and lst.price != float("inf"))
         # 3. images: kept + dropped = referenced; every kept one is a file inside the root
         assert len(lst.images) + sum(d.listing_id == lst.id for d in rep.dropped_images) == len(lst.raw_images)
@@ -165,10 +193,14 @@ def test_csv_every_row_is_accounted_for(folder: Path, batch: list, bad_byte: boo
 
 def test_csv_field_over_the_csv_limit_costs_one_row(folder: Path) -> None:
     path = folder / "big.csv"
-    path.write_text("id,title,description\nL1,a,x\nL2,b," + "y" * 200_000 + "\nL3,c,z\nL4,d,w\n")
+    path.write_text("id,title,description\nL1,a,x\nL2,b," + "y" * (MAX_ROW_CHARS + 5) + "\nL3,c,z\nL4,d,"
+                    + "w" * 200_000 + "\n")
     cat = load_catalog(path, skip_bad_rows=True)
     assert [lst.id for lst in cat.listings] == ["L1", "L3", "L4"]  # was: L3 and L4 silently lost
     assert [(r.line, r.field) for r in cat.report.rejected] == [(3, "row")]
+    assert "limit for a whole row" in cat.report.rejected[0].reason
+    # over the csv module's own 128 KiB default but within ours: loaded, cut to the stored limit
+    assert len(cat.listings[2].description) == MAX_DESCRIPTION_CHARS and cat.report.truncated["description"] == 1
     assert cat.report.n_rows == 4
 
 

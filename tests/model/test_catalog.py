@@ -55,7 +55,13 @@ def test_jsonl_loads_all_fields(tmp_path: Path, img: Path) -> None:
         ({"id": "a", "title": "x", "price": -1}, "price", "must be a finite number >= 0, got -1"),
         ({"id": "a", "title": "x", "attributes": ["red"]}, "attributes", "expected an object of strings, got list"),
         ({"id": "a", "title": "x", "attributes": {"k": {"n": 1}}}, "attributes.k", "expected a string or number, got dict"),
-        ({"id": "a", "title": "x" * 1001}, "title", "is 1001 characters long (limit 1000)"),
+        # over a stored limit is cut, not refused (tests/model/test_catalog_limits.py); refused:
+        ({"id": "i" * 1025, "title": "x"}, "id", "is 1,025 characters long (limit 1,024)"),
+        ({"id": "a", "title": "x", "description": "d" * 1_000_001}, "description",
+         "is 1,000,001 characters long (limit 1,000,000 for one field)"),
+        ({"id": "a", "title": "x", "tags": ["t"] * 10_001}, "tags", "has 10,001 entries (limit 10,000)"),
+        ({"id": "a", "title": "x", "notes": "n" * 1_000_000, "extra": "e" * 1_000_000}, "row",
+         "is 2,000,002 characters long (limit 2,000,000 for a row)"),
     ],
 )
 def test_bad_field_names_file_line_and_field(tmp_path: Path, row: dict, field: str, reason: str) -> None:

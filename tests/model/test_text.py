@@ -246,6 +246,23 @@ def test_tokenizer_truncation_padding_and_empty(encoder):
     assert [len(x) for x in per_text] == [5, 9] and per_text[0][-1] == per_text[1][-1] == tok.sep_id
 
 
+def test_long_texts_tokenise_their_head_only_with_the_same_ids(encoder):
+    """`ids` encodes a long text's first max_len words only (a 50k-character description costs
+    what its first 128 words do): the ids are exactly those of the whole text, cut."""
+    import random
+
+    _, tok, _ = encoder
+    rng = random.Random(0)
+    pieces = ["fits", "iPhone", "USB-C,", "中文字符", "العربية", "привет", "🧣📱", "\u0301", "x" * 120, "...",
+              "e\u0301", "\t", "\n", "don't", "a.b.c", "SM-G991B"]
+    texts = [rng.choice([" ", "", "\n"]).join(rng.choice(pieces) for _ in range(rng.randrange(0, 400)))
+             for _ in range(60)] + ["\u0301 " * 300 + "word " * 10]  # words that tokenise to nothing
+    full = [e.ids for e in tok._tok.encode_batch(texts)]
+    for m in (2, 7, 48, 128):
+        assert tok.ids(texts, m) == [f if len(f) <= m else f[:m - 1] + [tok.sep_id] for f in full]
+        assert tok.over_budget(texts, m) == [len(f) > m for f in full]
+
+
 # ---- trunk cache ----------------------------------------------------------------------------
 
 
