@@ -6,13 +6,18 @@ Placement (`choose_placement`), in order of preference:
   faiss-cpu   otherwise.
 Filters arrive as a boolean mask over rows. On CPU: a very selective mask is answered by an exact
 scan of the matching rows; otherwise faiss searches with an IDSelectorBitmap, and a query left
-with fewer than k rows (few matches in the probed lists) is answered by the exact scan. On GPU: the
-torch path masks scores before top-k (exact); faiss-gpu oversamples, post-filters and refills from
-an exact scan of the subset when too few survive.
-"""
+with fewer rows than it needs (few matches in the probed lists) is answered by the exact scan. On
+GPU: the torch path masks scores before top-k (exact); faiss-gpu oversamples, post-filters and
+refills from an exact scan of the subset when too few survive.
+
+Every faiss result is one ranking per (query, filter), whatever the depth asked and whatever else
+is in the batch: it is built in fixed tiers (`DEPTH_BASE`, `merge_tiers`), and every score is
+`exact_scores` of the stored vectors (vectors.npy), whichever path found the row. faiss-gpu never
+gets a k or nprobe above `GPU_MAX_K`: tiers stop at it and deeper ones are exact scans."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,10 +26,24 @@ import numpy as np
 
 from index.build import apply_params
 
+log = logging.getLogger("index.search")
+
 # A filter that leaves at most this many rows is answered by an exact scan of those rows.
 EXACT_SUBSET_MAX = 50_000
 # Exact scans of a large subset go in chunks of this many rows (bounded fp32 scratch: 64 MiB at d=256).
 EXACT_CHUNK_ROWS = 65_536
+# faiss-gpu's k-selection limit (GPU_MAX_SELECTION_K, faiss/gpu/utils/DeviceDefs.cuh): one GPU search
+# returns at most this many rows per query and probes at most this many IVF lists (nprobe).
+GPU_MAX_K = 2048
+# A query's ranking is built in tiers of DEPTH_BASE * 2^t rows (10, 20, 40, ...; `tier_sizes`). Tier t
+# keeps the exact best of its own candidate pool (rerank * size PQ candidates, an HNSW walk with
+# max(efSearch, size), the top size rows of the probed IVF lists) that no earlier tier placed. A page
+# at any offset reads the same tiers, so pages continue one ranking and a query's rows never depend
+# on the depth another query of its batch needs. 10: the served k, whose pool is the tuned one.
+DEPTH_BASE = 10
+# Rows an exact family fetches beyond a tier's size before the exact re-scoring, so a near-tie at the
+# cut (faiss' own fp32 or BLAS rounding against the served scores) cannot decide which rows it keeps.
+TIE_SLACK = 8
 PLACEMENTS = ("faiss-gpu", "torch-cuda", "faiss-cpu")
 
 
@@ -85,45 +104,91 @@ class SearchResult:
     rows: np.ndarray  # (B, k) int64, -1 where fewer than k rows matched
 
 
+def tier_sizes(depth: int, first: int = DEPTH_BASE, cap: int | None = None) -> list[int]:
+    """The tiers a ranking `depth` rows deep reads: first * 2^t up to the first size >= depth, with
+    `cap` (the most rows one faiss call may return) a tier of its own when the doubling steps over it."""
+    sizes: list[int] = []
+    size = first
+    while not sizes or sizes[-1] < depth:
+        if cap is not None and size > cap and (not sizes or sizes[-1] < cap):
+            sizes.append(cap)
+        else:
+            sizes.append(size)
+            size *= 2
+    return sizes
+
+
+def exact_scores(vectors: np.ndarray, q: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The served score of each candidate: q (B, d) · vectors[rows] for rows (B, c), fp32 from the
+    stored vectors (vectors.npy, fp16), -inf where rows < 0. One dot product per pair (einsum, no
+    BLAS blocking), so a (query, listing) pair gets the same bits whatever else is scored with it:
+    filtered or not, alone or batched, reranked, fused or exact-scanned."""
+    ok = rows >= 0  # (B, c)
+    safe = np.where(ok, rows, 0)
+    cand = np.asarray(vectors[safe.ravel()], dtype=np.float32).reshape(*rows.shape, -1)  # (B, c, d)
+    scores = np.einsum("bd,bcd->bc", np.asarray(q, dtype=np.float32), cand)  # (B, c)
+    return np.where(ok, scores, -np.inf).astype(np.float32)
+
+
+def rerank_exact(vectors: np.ndarray, q: np.ndarray, rows: np.ndarray, k: int) -> SearchResult:
+    """Rescore candidate rows (B, c) with `exact_scores` and keep the best k, score desc then row asc:
+    what turns any index's candidates (PQ codes, fp32 copies, GPU fp16 copies) into served scores."""
+    rows = np.asarray(rows, dtype=np.int64)
+    scores = exact_scores(vectors, q, rows)  # (B, c)
+    order = np.lexsort((rows, -scores), axis=1)[:, :k]  # (B, <= k)
+    return _pad(SearchResult(np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)), k)
+
+
 def _exact_subset(vectors: np.ndarray, rows: np.ndarray, q: np.ndarray, k: int,
                   chunk: int = EXACT_CHUNK_ROWS) -> SearchResult:
     """Exact top-k over the given rows only (vectors may be fp16 or a memory map), in row chunks
-    so a large subset never materialises as one fp32 copy."""
+    so a large subset never materialises as one fp32 copy. BLAS picks the best k + TIE_SLACK rows,
+    `rerank_exact` gives them their served scores and order."""
     B = q.shape[0]
-    scores = np.full((B, k), -np.inf, dtype=np.float32)
-    out = np.full((B, k), -1, dtype=np.int64)
     if len(rows) == 0 or B == 0:
-        return SearchResult(scores, out)
+        return SearchResult(np.full((B, k), -np.inf, np.float32), np.full((B, k), -1, np.int64))
+    keep = k + TIE_SLACK
     best_s = np.full((B, 0), -np.inf, dtype=np.float32)
     best_r = np.zeros((B, 0), dtype=np.int64)
     for start in range(0, len(rows), chunk):
         part = rows[start:start + chunk]
         s = q @ np.asarray(vectors[part], dtype=np.float32).T  # (B, m)
-        kk = min(k, len(part))
+        kk = min(keep, len(part))
         top = np.argpartition(-s, kk - 1, axis=1)[:, :kk]  # (B, kk)
-        cand_s = np.hstack([best_s, np.take_along_axis(s, top, axis=1)])  # (B, <= 2k)
+        cand_s = np.hstack([best_s, np.take_along_axis(s, top, axis=1)])  # (B, <= 2 keep)
         cand_r = np.hstack([best_r, part[top]])
-        order = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
+        order = np.argsort(-cand_s, axis=1, kind="stable")[:, :keep]
         best_s, best_r = np.take_along_axis(cand_s, order, 1), np.take_along_axis(cand_r, order, 1)
-    kk = best_s.shape[1]
-    scores[:, :kk], out[:, :kk] = best_s, best_r
-    return SearchResult(scores, out)
+    return rerank_exact(vectors, q, best_r, k)
 
 
-def rerank_exact(vectors: np.ndarray, q: np.ndarray, rows: np.ndarray, k: int) -> SearchResult:
-    """Rescore candidate rows (B, c) of an approximate search exactly against `vectors` and keep
-    the best k: what turns product-quantised candidates into exact scores and order."""
-    ok = rows >= 0  # (B, c)
-    safe = np.where(ok, rows, 0)
-    cand = np.asarray(vectors[safe.ravel()], dtype=np.float32).reshape(*rows.shape, -1)  # (B, c, d)
-    scores = np.einsum("bd,bcd->bc", q, cand)  # (B, c)
-    scores = np.where(ok, scores, -np.inf).astype(np.float32)
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # (B, <= k)
-    return _pad(SearchResult(np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)), k)
+def merge_tiers(lists: list[SearchResult], sizes: list[int], k: int) -> SearchResult:
+    """One ranking from tiers (`DEPTH_BASE`): tier t adds its best rows not placed yet until
+    sizes[t] rows are placed. A tier that comes up short (its pool ran out) ends the ranking, so a
+    deeper request never fills a position a shallower one left empty. -> the first k rows."""
+    B = lists[0].rows.shape[0]
+    out_s = np.full((B, k), -np.inf, dtype=np.float32)
+    out_r = np.full((B, k), -1, dtype=np.int64)
+    for b in range(B):
+        got_r, got_s = np.empty(0, np.int64), np.empty(0, np.float32)
+        for res, size in zip(lists, sizes, strict=True):
+            r, s = res.rows[b], res.scores[b]
+            new = (r >= 0) & ~np.isin(r, got_r)
+            room = size - len(got_r)
+            got_r, got_s = np.concatenate([got_r, r[new][:room]]), np.concatenate([got_s, s[new][:room]])
+            if len(got_r) >= k or len(got_r) < size:
+                break
+        n = min(k, len(got_r))
+        out_r[b, :n], out_s[b, :n] = got_r[:n], got_s[:n]
+    return SearchResult(out_s, out_r)
 
 
 class Searcher:
-    """Base: `search(q (B, d) float32, k, allowed (n,) bool | None) -> SearchResult`."""
+    """Base: `search(q (B, d) float32, k, allowed (n,) bool | None) -> SearchResult`.
+
+    The rows are the first k of one ranking per (query, filter): `search(q, k2)` for k2 > k starts
+    with `search(q, k)`, and a query's rows and scores do not depend on the other queries searched
+    with it. Scores are `exact_scores` of the stored vectors, whichever path found the rows."""
 
     placement = ""
 
@@ -139,7 +204,12 @@ class Searcher:
 
 
 class FaissCpuSearcher(Searcher):
+    """faiss on the CPU; a filter goes to faiss as an IDSelector (or, when it leaves few rows, to an
+    exact scan of them). Results are built in tiers (`DEPTH_BASE`, `merge_tiers`)."""
+
     placement = "faiss-cpu"
+    depth_limit: int | None = None  # most rows one faiss call may return (faiss-gpu: GPU_MAX_K)
+    selector = True  # filters reach faiss as an IDSelector (faiss-gpu: oversample and post-filter)
 
     def __init__(self, index: faiss.Index, vectors: np.ndarray, params: dict[str, Any] | None = None):
         super().__init__(vectors)
@@ -147,34 +217,81 @@ class FaissCpuSearcher(Searcher):
         self.params = dict(params or {})
         apply_params(index, self.params)
 
-    def _search_params(self, sel: Any) -> Any:
+    @property
+    def rerank(self) -> int:
+        """The exact re-rank factor of a PQ index (its pool is rerank * size rows), 0 for none."""
+        factor = int(self.params.get("rerank", 0) or 0)
+        return factor if factor > 1 else 0
+
+    def _search_params(self, sel: Any, ef: int | None = None) -> Any:
         ivf = faiss.try_extract_index_ivf(self.index)
         if ivf is not None:
             return faiss.SearchParametersIVF(sel=sel, nprobe=int(self.params.get("nprobe", ivf.nprobe)))
         if isinstance(self.index, faiss.IndexHNSW):
-            return faiss.SearchParametersHNSW(sel=sel, efSearch=int(self.params.get("efSearch", 64)))
-        return faiss.SearchParameters(sel=sel)
+            return faiss.SearchParametersHNSW(sel=sel, efSearch=int(ef or self.params.get("efSearch", 64)))
+        return faiss.SearchParameters(sel=sel) if sel is not None else None
 
-    def _ranked(self, q: np.ndarray, k: int, params: Any = None) -> SearchResult:
-        """The index's top k, or with `rerank` its top rerank*k rescored exactly (PQ indexes)."""
-        factor = int(self.params.get("rerank", 0) or 0)
-        depth = min(k * factor if factor > 1 else k, self.ntotal)
-        scores, rows = self.index.search(q, depth, params=params)
-        if factor > 1:
-            return rerank_exact(self.vectors, q, rows, k)
-        return _pad(SearchResult(scores, rows), k)
+    def _pool_depth(self, size: int, filtered: bool) -> int:
+        """Candidates fetched for a tier of `size` rows."""
+        return size * self.rerank if self.rerank else size + TIE_SLACK
+
+    def _faiss(self, q: np.ndarray, depth: int, sel: Any, ef: int | None = None) -> np.ndarray:
+        return self.index.search(q, depth, params=self._search_params(sel, ef))[1]
+
+    def _pools(self, q: np.ndarray, sizes: list[int], allowed: np.ndarray | None) -> list[np.ndarray | None]:
+        """Per tier, the candidate rows (B, c) the index offers; None for a tier deeper than one
+        faiss call may return (it is answered by the exact scan)."""
+        sel, bitmap = None, None
+        if allowed is not None and self.selector:
+            bitmap = np.packbits(allowed, bitorder="little")
+            sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
+        if isinstance(self.index, faiss.IndexHNSW):  # a walk per distinct ef: max(efSearch, size)
+            ef0 = int(self.params.get("efSearch", 64))
+            walks: dict[int, np.ndarray] = {}
+            for size in sizes:
+                ef = max(ef0, size)
+                if ef not in walks:
+                    walks[ef] = self._faiss(q, min(ef, self.ntotal), sel, ef)
+            pools: list[np.ndarray | None] = [walks[max(ef0, size)] for size in sizes]
+        else:  # the index's own ranking is prefix-stable: one call at the deepest pool, sliced per tier
+            limit = min(self.ntotal, self.depth_limit or self.ntotal)
+            want = [min(self._pool_depth(size, allowed is not None), limit) for size in sizes]
+            fits = [w >= min(size, self.ntotal) for size, w in zip(sizes, want, strict=True)]
+            deepest = max((w for w, f in zip(want, fits, strict=True) if f), default=0)
+            rows = self._faiss(q, deepest, sel) if deepest else None
+            pools = [rows[:, :w] if f and rows is not None else None for w, f in zip(want, fits, strict=True)]
+        del bitmap  # the selector reads it during the searches above
+        return pools
+
+    def _tier(self, q: np.ndarray, size: int, pool: np.ndarray | None, allowed: np.ndarray | None,
+              rows_ok: np.ndarray | None) -> SearchResult:
+        """A tier's rows: the allowed candidates of its pool, exactly scored; a query left with fewer
+        than `size` (an IVF probe or HNSW walk that found too few rows passing the filter, a GPU
+        oversample the filter emptied) or a tier without a pool is answered by the exact scan."""
+        everything = np.arange(self.ntotal) if rows_ok is None else rows_ok
+        if pool is None:
+            return _exact_subset(self.vectors, everything, q, size)
+        if allowed is not None:
+            pool = np.where((pool >= 0) & allowed[np.maximum(pool, 0)], pool, -1)
+        res = rerank_exact(self.vectors, q, pool, size)
+        if allowed is not None:
+            short = np.flatnonzero((res.rows >= 0).sum(axis=1) < min(size, len(everything)))
+            if len(short):
+                again = _exact_subset(self.vectors, everything, q[short], size)
+                res.scores[short], res.rows[short] = again.scores, again.rows
+        return res
 
     def search(self, q: np.ndarray, k: int, allowed: np.ndarray | None = None) -> SearchResult:
         q = np.ascontiguousarray(q, dtype=np.float32)
-        if allowed is None:
-            return self._ranked(q, k)
-        rows_ok = np.flatnonzero(allowed)
-        if len(rows_ok) <= EXACT_SUBSET_MAX:
-            return _exact_subset(self.vectors, rows_ok, q, k)
-        bitmap = np.packbits(allowed, bitorder="little")
-        sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
-        return refill_short(self._ranked(q, k, self._search_params(sel)), len(rows_ok),
-                            lambda short: _exact_subset(self.vectors, rows_ok, q[short], k))
+        rows_ok = None
+        if allowed is not None:
+            rows_ok = np.flatnonzero(allowed)
+            if len(rows_ok) <= EXACT_SUBSET_MAX:  # exact, hence one ranking at any depth by itself
+                return _exact_subset(self.vectors, rows_ok, q, k)
+        sizes = tier_sizes(k, cap=self.depth_limit)
+        pools = self._pools(q, sizes, allowed)
+        lists = [self._tier(q, size, pool, allowed, rows_ok) for size, pool in zip(sizes, pools, strict=True)]
+        return merge_tiers(lists, sizes, k)
 
 
 class TorchCudaSearcher(Searcher):
@@ -204,17 +321,34 @@ class TorchCudaSearcher(Searcher):
         return _pad(SearchResult(top_s, top_i), k)
 
 
+def gpu_params(index: faiss.Index, params: dict[str, Any] | None) -> dict[str, Any]:
+    """Search parameters a faiss-gpu index accepts: nprobe at most GPU_MAX_K (also the one stored
+    in the index file), so an index tuned or built for the CPU still places on a GPU."""
+    out = dict(params or {})
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and int(out.get("nprobe", ivf.nprobe)) > GPU_MAX_K:
+        log.warning("nprobe %s is above faiss-gpu's limit: %d lists are probed", out.get("nprobe", ivf.nprobe),
+                    GPU_MAX_K)
+        out["nprobe"] = GPU_MAX_K
+        ivf.nprobe = GPU_MAX_K
+    return out
+
+
 class FaissGpuSearcher(FaissCpuSearcher):
-    """faiss on all visible GPUs; filters by oversampling + post-filtering + exact refill."""
+    """faiss on all visible GPUs; filters by oversampling + post-filtering + exact refill. No faiss
+    call asks for more than GPU_MAX_K rows: tiers stop there and deeper ones are exact scans."""
 
     placement = "faiss-gpu"
     oversample = 4
+    depth_limit = GPU_MAX_K
+    selector = False
 
     def __init__(self, index: faiss.Index, vectors: np.ndarray, params: dict[str, Any] | None = None,
                  shard: bool = False):
+        params = gpu_params(index, params)
         # nprobe / efSearch are set on the CPU index, which the cloner copies to the GPU indexes:
         # faiss' CPU ParameterSpace does not reach into GPU indexes (GpuParameterSpace would).
-        apply_params(index, dict(params or {}))
+        apply_params(index, params)
         co = faiss.GpuMultipleClonerOptions()
         co.useFloat16 = True
         # shard=False: every visible GPU holds a full replica (more QPS); True: the index is split
@@ -222,26 +356,18 @@ class FaissGpuSearcher(FaissCpuSearcher):
         co.shard = bool(shard)
         Searcher.__init__(self, vectors)
         self.index = faiss.index_cpu_to_all_gpus(index, co=co)
-        self.params = dict(params or {})
+        self.params = params
         self.shard = bool(shard)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "gpu_shard": self.shard}
 
-    def search(self, q: np.ndarray, k: int, allowed: np.ndarray | None = None) -> SearchResult:
-        q = np.ascontiguousarray(q, dtype=np.float32)
-        if allowed is None:
-            return self._ranked(q, k)
-        rows_ok = np.flatnonzero(allowed)
-        if len(rows_ok) <= EXACT_SUBSET_MAX:
-            return _exact_subset(self.vectors, rows_ok, q, k)
-        factor = int(self.params.get("rerank", 0) or 0)
-        depth = min(k * max(self.oversample, factor), self.ntotal)
-        raw = self.index.search(q, depth)
-        if factor > 1:  # exact scores and order for the PQ candidates before filtering
-            exact = rerank_exact(self.vectors, q, raw[1], depth)
-            raw = (exact.scores, exact.rows)
-        return post_filter(raw, allowed, k, lambda missing: _exact_subset(self.vectors, rows_ok, q[missing], k))
+    def _pool_depth(self, size: int, filtered: bool) -> int:
+        factor = max(self.rerank, self.oversample if filtered else 0)
+        return size * factor if factor else size + TIE_SLACK
+
+    def _faiss(self, q: np.ndarray, depth: int, sel: Any, ef: int | None = None) -> np.ndarray:
+        return self.index.search(q, min(depth, GPU_MAX_K))[1]  # nprobe was set before cloning
 
 
 def post_filter(raw: tuple[np.ndarray, np.ndarray], allowed: np.ndarray, k: int, refill: Any) -> SearchResult:
@@ -261,18 +387,6 @@ def post_filter(raw: tuple[np.ndarray, np.ndarray], allowed: np.ndarray, k: int,
         exact = refill(np.asarray(short))
         out_s[short], out_r[short] = exact.scores, exact.rows
     return SearchResult(out_s, out_r)
-
-
-def refill_short(res: SearchResult, n_allowed: int, exact: Any) -> SearchResult:
-    """Queries that got fewer than min(k, n_allowed) rows (an IVF probe or an HNSW walk found too
-    few rows passing the filter) are answered again by `exact(query_positions)`, so a response
-    holds k listings whenever k listings match."""
-    k = res.rows.shape[1]
-    short = np.flatnonzero((res.rows >= 0).sum(axis=1) < min(k, n_allowed))
-    if len(short):
-        again = exact(short)
-        res.scores[short], res.rows[short] = again.scores, again.rows
-    return res
 
 
 def _pad(res: SearchResult, k: int) -> SearchResult:
