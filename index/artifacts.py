@@ -5,6 +5,13 @@ A version folder is written under `DIR/staging/`, every file fsync'ed, its manif
 small text file naming the served version, replaced by write-temp, fsync, rename, fsync(dir): a
 reader sees the old name or the new one, never a torn one. A version whose checksums fail is
 refused on load.
+
+The publish gate: a build records its verdict in the manifest (`gate.passed`, `gate.failures`).
+`publish` refuses a version whose gate failed (GateRefused) unless it is forced; a forced publish
+is recorded in that manifest (`gate.overrides`: when, by which command, the failures overridden),
+and only such a version may be served (`admissible`). manifest.json is not among the checksummed
+files (it holds their checksums), so recording an override leaves verification valid; it also
+means the gate is a guard against mistakes, not against someone who may write to DIR.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -22,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger("index.artifacts")
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -29,6 +38,27 @@ VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 class ArtifactError(RuntimeError):
     """A missing, corrupt or mismatched artifact (the message names the file and the problem)."""
+
+
+class GateRefused(ArtifactError):
+    """A version whose publish gate failed, asked to be published or served without force."""
+
+    def __init__(self, version: str, failures: list[str]):
+        super().__init__(f"version {version} failed the publish gate: " + "; ".join(failures))
+        self.version, self.failures = version, failures
+
+
+def gate_failures(manifest: dict[str, Any]) -> list[str]:
+    """Why the version's build held it back ([] when its gate passed, or it records no gate)."""
+    gate = manifest.get("gate") or {}
+    if gate.get("passed", True):
+        return []
+    return [str(f) for f in gate.get("failures") or ["the gate failed"]]
+
+
+def admissible(manifest: dict[str, Any]) -> bool:
+    """May be served: its gate passed, or a forced publish of it is recorded."""
+    return not gate_failures(manifest) or bool((manifest.get("gate") or {}).get("overrides"))
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -180,11 +210,43 @@ class ArtifactStore:
         _fsync_dir(self.versions_dir)
         return final
 
-    def publish(self, version: str) -> None:
-        """Point `current` at `version` (verified first): roll forward or back."""
-        self.verify(version)
+    def admit(self, version: str, *, force: bool = False, by: str, verify: bool = True) -> list[str]:
+        """Verify `version` (unless not `verify`: the caller verifies when it loads) and refuse it
+        (GateRefused) if its gate failed, unless `force`: then the override is logged and recorded
+        in its manifest (`by` names the command). -> the failures overridden."""
+        manifest = self.verify(version) if verify else self.manifest(version)
+        failures = gate_failures(manifest)
+        if failures and not force:
+            raise GateRefused(version, failures)
+        if failures:
+            log.warning("FORCED past the publish gate by %s: version %s (%s)", by, version, "; ".join(failures))
+            self.record_override(version, by, failures)
+        return failures
+
+    def record_override(self, version: str, by: str, failures: list[str]) -> dict[str, Any]:
+        """Append {at, forced, by, failures} to the manifest's `gate.overrides` (atomic rewrite;
+        `files` and every checksum stay as they were)."""
+        path = self.version_dir(version) / MANIFEST
+        manifest = self.manifest(version)
+        gate = manifest.setdefault("gate", {"passed": False, "failures": failures})
+        gate.setdefault("overrides", []).append({
+            "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "forced": True, "by": by,
+            "failures": failures,
+        })
+        try:
+            write_atomic(path, json.dumps(manifest, indent=2, sort_keys=True).encode())
+        except OSError as e:  # e.g. a replica's read-only mount: an unrecorded force is no force
+            raise ArtifactError(f"{path}: cannot record the forced override ({e}); run "
+                                f"`service publish {version} --force` where DIR is writable") from e
+        return manifest
+
+    def publish(self, version: str, *, force: bool = False, by: str = "service publish") -> list[str]:
+        """Point `current` at `version` (verified, and gated: GateRefused unless its gate passed or
+        `force`): roll forward or back. -> the gate failures a forced publish overrode."""
+        failures = self.admit(version, force=force, by=by)
         self.root.mkdir(parents=True, exist_ok=True)
         write_atomic(self.current_file, (version + "\n").encode())
+        return failures
 
     def clean_staging(self, older_than_s: float = 3600.0) -> list[str]:
         """Remove staging folders left by killed builds (older than `older_than_s`; a younger one

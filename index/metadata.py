@@ -95,6 +95,10 @@ class ListingStore:
                 out[row] = {"id": lid, "title": title, "image": image, "category": category, "price": price}
         return out
 
+    def image_refs(self) -> list[str]:
+        """Every image reference the listings name (the photos a demo image route may serve)."""
+        return [r for (r,) in self._con().execute("SELECT image FROM listings WHERE image IS NOT NULL")]
+
     def ids(self) -> list[str]:
         return [r[0] for r in self._con().execute("SELECT id FROM listings ORDER BY row")]
 

@@ -131,6 +131,9 @@ class Judgments:
     report: SignalReport
     # Relevant = relevance above the lowest grade, or >= min_relevant when set (homedepot: 2).
     min_relevant: float | None = None
+    # Every grade equal (a positives-only file): every judged pair is relevant, gain 1; "above the
+    # lowest grade" would leave nothing relevant and every metric NaN.
+    positives_only: bool = False
 
     @property
     def queries(self) -> list[str]:
@@ -141,13 +144,14 @@ class Judgments:
         flags = self.title_answerable.get(query, {})
         out = {}
         for item, rel in self.relevance[query].items():
-            if (rel < self.min_relevant) if self.min_relevant is not None else (rel <= self.lowest):
+            if (rel < self.min_relevant) if self.min_relevant is not None else (rel <= self.lowest
+                                                                                and not self.positives_only):
                 continue
             if subset == "title" and flags.get(item) is not True:
                 continue
             if subset == "aux" and flags.get(item) is not False:
                 continue
-            out[item] = rel - self.lowest
+            out[item] = 1.0 if self.positives_only else rel - self.lowest
         return out
 
     def has_split(self) -> bool:
@@ -165,7 +169,7 @@ def load_judgments(
     report = SignalReport(str(p))
     relevance: dict[str, dict[str, float]] = defaultdict(dict)
     flags: dict[str, dict[str, bool]] = defaultdict(dict)
-    lowest = math.inf
+    lowest, highest = math.inf, -math.inf
     for line, row in _rows(p):
         report.rows += 1
         try:
@@ -181,7 +185,7 @@ def load_judgments(
                 raise
             report.rejected.append(str(err))
             continue
-        lowest = min(lowest, rel)
+        lowest, highest = min(lowest, rel), max(highest, rel)
         if known_ids is not None and item not in known_ids:
             report.unknown_items += 1
             continue
@@ -192,5 +196,6 @@ def load_judgments(
     if not relevance:
         raise CatalogError(str(p), None, "file", "no usable judgments")
     return Judgments(
-        dict(relevance), dict(flags), lowest if math.isfinite(lowest) else 0.0, report, min_relevant
+        dict(relevance), dict(flags), lowest if math.isfinite(lowest) else 0.0, report, min_relevant,
+        positives_only=lowest == highest,
     )

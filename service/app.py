@@ -29,6 +29,8 @@ from service.cache import ResultCache
 from service.disconnect import CancelOnDisconnect
 from service.engine import Engine, LoadedVersion, SearchRequest, artifacts_current
 from service.errors import ServiceError, public_message, status_of
+from service.images import ImageRefs
+from service.images import router as images_router
 from service.metrics import Metrics
 from service.middleware import RequestMiddleware
 from service.querylog import QueryLog
@@ -210,10 +212,9 @@ def create_app(settings: Settings) -> FastAPI:
         log.exception("unhandled error on %s", request.url.path)
         return JSONResponse({"error": "InternalError", "message": "internal error"}, status_code=500)
 
-    if settings.image_root is not None:
-        from fastapi.staticfiles import StaticFiles
-
-        app.mount("/images", StaticFiles(directory=settings.image_root, check_dir=False), name="images")
+    if settings.image_root is not None:  # only the photos the served version's listings name
+        app.state.image_refs = ImageRefs()
+        app.include_router(images_router)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Content-Type", "Authorization", "X-Request-ID"])

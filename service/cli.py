@@ -4,7 +4,7 @@
   service build-index --catalog PATH --artifacts DIR [--interactions P] [--judgments P] [...]
   service serve --artifacts DIR [--host H] [--port P] [--workers N]
   service eval --artifacts DIR [--version V] --judgments PATH
-  service publish VERSION --artifacts DIR
+  service publish VERSION --artifacts DIR [--force]
   service versions --artifacts DIR
   service train | embed | index | update-index | deny | gc   (service/cli_index.py)
 """
@@ -79,9 +79,14 @@ def cmd_build_index(a: argparse.Namespace) -> int:
         print(f"build-index: {e}", file=sys.stderr)
         return 3
     m = result.manifest
+    inputs = json.loads((result.path / "report.json").read_text()).get("inputs", {})
+    rows = inputs.get("catalog", {})
+    # per field: listings whose stored text was cut, and listings the encoder sees only the head of
+    catalog = {k: rows.get(k) for k in ("rows", "loaded", "rejected", "dropped_images", "truncated")}
+    catalog["encoder_truncated"] = inputs.get("encoder_truncated", {})
     print(json.dumps({"version": result.version, "published": result.published, "path": str(result.path),
-                      "n_items": m["n_items"], "index_key": m["index_key"], "metrics": m.get("metrics", {}),
-                      "timings": m.get("timings", {})}, indent=2, default=float))
+                      "n_items": m["n_items"], "index_key": m["index_key"], "catalog": catalog,
+                      "metrics": m.get("metrics", {}), "timings": m.get("timings", {})}, indent=2, default=float))
     return 0
 
 
@@ -115,12 +120,18 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def cmd_publish(a: argparse.Namespace) -> int:
-    from index.artifacts import ArtifactStore
+    from index.artifacts import ArtifactStore, GateRefused
 
     store = ArtifactStore(a.artifacts)
     before = store.current_version()
-    store.publish(a.version)
-    print(json.dumps({"current": a.version, "previous": before}))
+    by = "service publish --force" if a.force else "service publish"
+    try:
+        forced = store.publish(a.version, force=a.force, by=by)
+    except GateRefused as e:  # exit 3, as build-index when its gate fails; `current` untouched
+        print(f"service publish: {e}; NOT published (--force publishes it anyway, recorded in its manifest)",
+              file=sys.stderr)
+        return 3
+    print(json.dumps({"current": a.version, "previous": before, "forced_past_gate": forced}))
     return 0
 
 
@@ -196,6 +207,8 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("publish", help="point DIR/current at VERSION (roll forward or back)")
     s.add_argument("version")
     s.add_argument("--artifacts", required=True, type=Path)
+    s.add_argument("--force", action="store_true",
+                   help="publish a version whose gate failed (logged, recorded in its manifest)")
     s.set_defaults(func=cmd_publish)
 
     s = sub.add_parser("versions", help="list the versions in DIR")

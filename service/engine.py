@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from index import denylist
-from index.artifacts import ArtifactError, ArtifactStore
+from index.artifacts import ArtifactError, ArtifactStore, GateRefused, admissible, gate_failures
 from index.build import load_index
 from index.denylist import DenyRows
 from index.filters import Filter, FilterColumns
@@ -122,6 +122,8 @@ def load_version(settings: Settings, version: str | None = None) -> LoadedVersio
     if version is None:
         raise ArtifactError(f"{store.current_file}: no current version has been published")
     manifest = store.verify(version) if settings.verify_checksums else store.manifest(version)
+    if not admissible(manifest):  # DIR/current written by hand, or a pinned version: the gate still holds
+        raise GateRefused(version, gate_failures(manifest))
     folder = store.version_dir(version)
     if manifest.get("version") != version:
         raise ArtifactError(f"{folder}: the manifest names version {manifest.get('version')!r}")

@@ -42,9 +42,14 @@ class PayloadTooLarge(ServiceError):
     pass
 
 
+class NotFound(ServiceError):
+    pass
+
+
 STATUS: dict[type[ServiceError], int] = {
     InvalidRequest: 422,
     PayloadTooLarge: 413,
+    NotFound: 404,
     Unauthorized: 401,
     AdminDisabled: 404,
     Overloaded: 429,

@@ -16,6 +16,8 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -324,9 +326,16 @@ def index_and_evaluate(vectors: np.ndarray, ids: Sequence[str], inputs: Inputs, 
     return Indexed(built, qvecs, docs, lexical, metrics)
 
 
+# The metrics whose NaN fails the gate (a mean over no query: nothing was measured).
+GATED_METRIC = re.compile(r"^(?:recall|ndcg|mrr|ann_recall)@\d+$")
+
+
 def gate(metrics: dict[str, Any], opts: BuildOptions) -> list[str]:
-    """Reasons the version may not be published (empty: it may)."""
-    failures = []
+    """Reasons the version may not be published (empty: it may). A NaN metric fails, thresholds
+    or not: e.g. judgments where no judged query kept a relevant listing measure nothing."""
+    failures = [f"{key} is NaN: nothing measured it ({metrics.get('n_queries', 0)} judged queries with a "
+                f"relevant listing)" for key, v in metrics.items()
+                if GATED_METRIC.match(key) and isinstance(v, float) and math.isnan(v)]
     r100 = metrics.get("recall@100")
     if opts.min_recall_at_100 is not None and (r100 is None or not r100 >= opts.min_recall_at_100):
         failures.append(f"recall@100 {r100} < --min-recall-at-100 {opts.min_recall_at_100}")
@@ -343,16 +352,17 @@ def write_version(store: ArtifactStore, opts: BuildOptions, *, save_weights: Cal
                   tokenizer: Path, built: BuiltIndex, vectors: np.ndarray, records: Sequence[ListingRecord],
                   tune_vectors: np.ndarray | None, report: dict[str, Any], manifest: dict[str, Any],
                   lexical_docs: Sequence[str] | None = None,
-                  lexical_index: LexicalIndex | None = None) -> BuildResult:
+                  lexical_index: LexicalIndex | None = None, inherited_failures: Sequence[str] = ()) -> BuildResult:
     """Stage every file, commit (checksums), then publish unless the gate fails (GateFailed).
 
     `save_weights(path) -> sha256` writes model.safetensors; `manifest` gets the model digest,
     index key, parameters and tuning, the gate's verdict, and the file checksums added. The lexical
     index (lexical.json + lexical.*, one document per row: `lexical_docs`, else `record_documents(records)`) is
     built unless `opts.lexical` is off (or taken as `lexical_index`, built from those documents
-    already); its files are checksummed with the rest."""
+    already); its files are checksummed with the rest. `inherited_failures` fail the gate too (a
+    version derived from one whose gate failed, service/update.py)."""
     version = opts.version or new_version_name()
-    failures = gate(manifest.get("metrics", {}), opts)
+    failures = [*inherited_failures, *gate(manifest.get("metrics", {}), opts)]
     with store.stage(version) as staged:
         digest = save_weights(staged.path / "model.safetensors")
         (staged.path / "tokenizer.json").write_bytes(Path(tokenizer).read_bytes())

@@ -14,9 +14,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 
 from index import denylist
+from index.artifacts import ArtifactStore, GateRefused
 from index.filters import Filter
 from service.cache import search_cached
-from service.engine import SearchRequest
+from service.engine import LoadedVersion, SearchRequest
 from service.errors import AdminDisabled, InvalidRequest, NotReady, ReloadFailed, Unauthorized, public_message
 from service.fusion import FusionSpec
 from service.logctx import request_id_var
@@ -209,14 +210,35 @@ def check_admin(state: ServiceState, authorization: str | None) -> None:
         raise Unauthorized("a valid bearer token is required")
 
 
-@router.post("/admin/reload", include_in_schema=True, responses={401: {"model": ErrorResponse}})
+def gated_reload(state: ServiceState, version: str | None, force: bool) -> LoadedVersion:
+    """Load `version` (default: the pinned one, else DIR/current) through the publish gate: a named
+    version whose gate failed is refused unless `force`, which is logged and recorded in its
+    manifest; without a name, the engine admits only what passed or was forced before."""
+    from service.app import reload_version  # late: app imports routes
+
+    if version is not None or force:
+        store = ArtifactStore(state.settings.artifacts)
+        target = version or state.settings.version or store.current_version()
+        try:
+            if target is not None:
+                store.admit(target, force=force, by="POST /admin/reload", verify=False)  # the load verifies
+        except Exception as e:  # counted and shown as any failed reload is (engine.load)
+            state.engine.last_reload_error = f"{type(e).__name__}: {e}"
+            state.metrics.reloads.labels("failed").inc()
+            raise
+    return reload_version(state, version)
+
+
+@router.post("/admin/reload", include_in_schema=True, responses={401: {"model": ErrorResponse},
+                                                                  409: {"model": ErrorResponse}})
 async def admin_reload(state: State, body: ReloadBody | None = None,
                        authorization: Annotated[str | None, Header()] = None) -> dict[str, str]:
     check_admin(state, authorization)
-    from service.app import reload_version  # late: app imports routes
-
     try:
-        lv = await asyncio.to_thread(reload_version, state, body.version if body else None)
+        lv = await asyncio.to_thread(gated_reload, state, body.version if body else None, bool(body and body.force))
+    except GateRefused as e:
+        raise ReloadFailed(f"reload refused, still serving the previous version: {e} "
+                           '(send "force": true to load it anyway; recorded in its manifest)') from None
     except Exception as e:  # noqa: BLE001 - the old version keeps serving
         raise ReloadFailed(f"reload failed, still serving the previous version: {e}") from None
     return {"status": "reloaded", "index_version": lv.version, "model_version": lv.model_version}

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
 
 Number = StrictInt | StrictFloat
 
@@ -102,6 +111,8 @@ class ErrorResponse(BaseModel):
 class ReloadBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     version: StrictStr | None = Field(None, description="version to load (default: DIR/current)")
+    force: StrictBool = Field(False, description="load a version whose publish gate failed (logged, recorded "
+                              "in its manifest)")
 
 
 class DenyBody(BaseModel):

@@ -45,7 +45,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     image_base_url: str = Field("/images/", description="prefix for image URLs in responses")
-    image_root: Path | None = Field(None, description="serve catalog images under /images from here (demo)")
+    image_root: Path | None = Field(None, description="serve the served version's listing photos under /images from here (demo); "
+                                  "only files a listing names, nothing else in the folder")
     cors_origins: list[str] = Field(default_factory=list, description="allowed CORS origins (closed by default)")
     admin_token: SecretStr | None = Field(None, description="bearer token for /admin/*; unset = admin endpoints off")
 

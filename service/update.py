@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from index import denylist
-from index.artifacts import ArtifactError, ArtifactStore, sha256_file
+from index.artifacts import ArtifactError, ArtifactStore, gate_failures, sha256_file
 from index.build import BuiltIndex, load_index, rebuild_index
 from index.lexical import read_documents
 from index.metadata import ListingRecord, ListingStore
@@ -158,10 +158,14 @@ def update_index(artifacts: Path, delta_path: Path | None = None, delete_ids: Pa
     opts = BuildOptions(catalog=delta_path or Path(""), artifacts=artifacts, publish=publish, version=version,
                         keep_versions=keep_versions, min_ann_recall=min_ann_recall)
     tune = np.load(folder / "tune_queries.npy") if (folder / "tune_queries.npy").is_file() else None
+    # The parent's model is reused unmeasured: a parent held back by its gate holds this one back
+    # too (publish it with `service publish VERSION --force`, recorded), forced or not before.
+    inherited = [f"parent version {base}: {f}" for f in gate_failures(parent)]
     result = write_version(store, opts, save_weights=lambda p: _copy(folder / "model.safetensors", p),
                            tokenizer=folder / "tokenizer.json", built=built, vectors=x, records=merged,
                            tune_vectors=tune, report={"update": update, "timings": timings, "metrics": metrics},
-                           manifest=manifest, lexical_docs=carried_documents(folder, records, merged, delta))
+                           manifest=manifest, lexical_docs=carried_documents(folder, records, merged, delta),
+                           inherited_failures=inherited)
     if result.published:
         prune_denylist(artifacts)
         relisted = denylist.read_ids(denylist.denylist_path(artifacts)) & {lst.id for lst in delta.upserts}

@@ -141,9 +141,14 @@ def _copy(tiny_build, tmp_path: Path) -> Path:
 # ---------------------------------------------------------------------------------- image paths
 
 def test_images_cannot_escape_their_root(tiny_build, tmp_path: Path) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(tiny_build.path / "listings.sqlite")
+    ref = db.execute("SELECT image FROM listings WHERE image IS NOT NULL ORDER BY row LIMIT 1").fetchone()[0]
+    db.close()
     root = tmp_path / "images"
-    (root / "sub").mkdir(parents=True)
-    (root / "sub" / "a.jpg").write_bytes(b"jpeg")
+    (root / Path(ref).parent).mkdir(parents=True)
+    (root / ref).write_bytes(b"jpeg")
     secret = tmp_path / "secret.txt"
     secret.write_text("top secret")
     (root / "link.jpg").symlink_to(secret)
@@ -151,14 +156,39 @@ def test_images_cannot_escape_their_root(tiny_build, tmp_path: Path) -> None:
     settings = Settings(artifacts=tiny_build.path.parent.parent, reload_poll_s=0, denylist_poll_s=0,
                         image_root=root, encoder_backend="torch", warmup_queries=1)
     with TestClient(create_app(settings)) as c:
-        assert c.get("/images/sub/a.jpg").content == b"jpeg"
+        wait_ready(c)
+        r = c.get(f"/images/{ref}")
+        assert r.content == b"jpeg" and r.headers["content-type"] == "image/jpeg"
         for path in ("/images/../secret.txt", "/images/%2e%2e/secret.txt", "/images/..%2fsecret.txt",
                      "/images/sub/../../secret.txt", "/images/link.jpg", "/images/dirlink/secret.txt",
-                     "/images/%2fetc%2fpasswd", "/images//etc/passwd", "/images/sub/a.jpg%00.txt",
+                     "/images/%2fetc%2fpasswd", "/images//etc/passwd", f"/images/{ref}%00.txt",
                      "/images/..%5csecret.txt"):
             r = c.get(path)
             assert r.status_code in (404, 400), (path, r.status_code)
             assert "top secret" not in r.text and "root:" not in r.text
+
+
+def test_images_serve_only_the_versions_photos(tiny_build, tiny_sample: Path) -> None:
+    """The demo points SERVICE_IMAGE_ROOT at the catalog folder: its data files stay private."""
+    settings = Settings(artifacts=tiny_build.path.parent.parent, reload_poll_s=0, denylist_poll_s=0,
+                        image_root=tiny_sample, encoder_backend="torch", warmup_queries=1)
+    with TestClient(create_app(settings)) as c:
+        wait_ready(c)
+        hit = c.get("/search", params={"q": "earrings", "k": 1}).json()["results"][0]
+        assert hit["image"].startswith("/images/")
+        r = c.get(hit["image"])
+        assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+        for name in ("catalog.jsonl", "interactions.jsonl", "judgments.jsonl", "summary.json"):
+            assert (tiny_sample / name).is_file()
+            r = c.get(f"/images/{name}")
+            assert r.status_code == 404, name
+            assert r.json() == {"error": "NotFound", "message": "image: not found"}
+        unreferenced = tiny_sample / "images" / "not_a_listing.jpg"
+        unreferenced.write_bytes(b"jpeg")
+        try:
+            assert c.get("/images/images/not_a_listing.jpg").status_code == 404
+        finally:
+            unreferenced.unlink()
 
 
 # ------------------------------------------------------------------------- errors and leaked paths
