@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from model.catalog import Listing
-from model.config import DESCRIPTION, IMAGE, IMAGE_OTHER, TAGS, TITLE, VIEW_TYPES
+from model.config import DESCRIPTION, IMAGE, IMAGE_OTHER, TAGS, TITLE, VIEW_TYPES, TextConfig
 
 # Text kinds choose the token budget (TextConfig): queries, titles, long texts.
 KIND_QUERY, KIND_TITLE, KIND_TEXT = 0, 1, 2
@@ -120,3 +121,19 @@ def build_view_table(listings: Sequence[Listing], texts: TextTable | None = None
             primary[i] = image_row(listing.primary_image)
         others.append([image_row(p) for p in listing.other_images])
     return ViewTable([lst.id for lst in listings], texts, text_rows, image_paths, primary, others)
+
+
+def encoder_cuts(views: ViewTable, tokenizer: Any, cfg: TextConfig) -> dict[str, dict[str, int]]:
+    """Per text view: its token budget, how many listings have that view, and how many of them hold
+    more tokens than the budget (the encoder sees the first tokens only; BM25 and the stored
+    record keep the whole text). `tokenizer` is a model.text.Tokenizer."""
+    out: dict[str, dict[str, int]] = {}
+    for col, name, budget in ((0, "title", cfg.max_title_tokens), (1, "description", cfg.max_text_tokens),
+                              (2, "tags", cfg.max_text_tokens)):
+        rows = views.text_rows[:, col]  # (n,)
+        rows = rows[rows >= 0]
+        unique = np.unique(rows)
+        over = np.asarray(tokenizer.over_budget([views.texts.texts[r] for r in unique], budget), dtype=bool)
+        n_over = int(np.isin(rows, unique[over]).sum()) if len(unique) else 0
+        out[name] = {"budget_tokens": int(budget), "listings": int(len(rows)), "truncated": n_over}
+    return out

@@ -47,7 +47,7 @@ from model.objectives import make_objective
 from model.text import TrunkCache, load_text_encoder, resolve_weights_dir, text_weights_digest
 from model.towers import TwoTower
 from model.train import Trainer, build_trunk, resolve_device, seed_everything
-from model.views import ViewTable, build_view_table, tags_text
+from model.views import ViewTable, build_view_table, encoder_cuts, tags_text
 from service.evaluation import evaluate, evaluate_modes
 from service.fusion import FusionSpec
 
@@ -410,7 +410,7 @@ def write_version(store: ArtifactStore, opts: BuildOptions, *, save_weights: Cal
 
 def catalog_summary(opts: BuildOptions, catalog: Catalog) -> dict[str, Any]:
     return {"path": str(opts.catalog), "sha256": catalog.report.sha256, "rows": catalog.report.n_rows,
-            "rejected": len(catalog.report.rejected)}
+            "rejected": len(catalog.report.rejected), "truncated": dict(sorted(catalog.report.truncated.items()))}
 
 
 # ---------------------------------------------------------------------------------- the build
@@ -431,6 +431,7 @@ def build_index(opts: BuildOptions) -> BuildResult:
     timings["images_s"] = time.perf_counter() - t
 
     model, tokenizer, data, trunk, train_info = train_stage(inputs, features, ok, opts, device)
+    inputs.reports["encoder_truncated"] = encoder_cuts(inputs.views, tokenizer, model.cfg.text)
     timings["train_s"] = train_info.pop("train_seconds")
     timings["trunk_s"] = train_info.pop("trunk_seconds")
 

@@ -39,7 +39,7 @@ from model.image import backbone_digest
 from model.text import Tokenizer, resolve_weights_dir, text_weights_digest
 from model.towers import TwoTower
 from model.train import resolve_device
-from model.views import build_view_table
+from model.views import build_view_table, encoder_cuts
 from service.pipeline import (
     BuildOptions,
     BuildResult,
@@ -127,7 +127,8 @@ def train_run(opts: BuildOptions, run: str | None = None) -> Run:
     icfg = ImageConfig(weights_path=opts.image_weights)
     features, ok, image_report = featurize_images(inputs.views, icfg, device, image_cache_dir(opts), opts.progress)
     inputs.reports["images"] = image_report
-    model, _, _, _, train_info = train_stage(inputs, features, ok, opts, device)
+    model, tokenizer, _, _, train_info = train_stage(inputs, features, ok, opts, device)
+    inputs.reports["encoder_truncated"] = encoder_cuts(inputs.views, tokenizer, model.cfg.text)
     timings = {"train_s": train_info.pop("train_seconds"), "trunk_s": train_info.pop("trunk_seconds"),
                "total_s": time.perf_counter() - t0}
     tmp = runs_dir(opts.artifacts) / f".{run}.{secrets.token_hex(4)}"
