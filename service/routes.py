@@ -68,8 +68,8 @@ def to_request(state: ServiceState, query: str, k: int, offset: int, filters: Se
     """Validate against the configured limits (422 with a message naming the field)."""
     s = state.settings
     text = " ".join(query.split())
-    if not text:
-        raise InvalidRequest("query: must not be empty")
+    if not any(ch.isprintable() and not ch.isspace() for ch in text):  # "", "   ", "\x00", "\u200b"
+        raise InvalidRequest("query: must not be empty (it has no visible character)")
     if len(query) > s.max_query_chars:
         raise InvalidRequest(f"query: {len(query)} characters, the limit is {s.max_query_chars}")
     if not text.isascii() and any("\ud800" <= ch <= "\udfff" for ch in text):  # JSON "\ud800": not Unicode text

@@ -111,6 +111,9 @@ def test_search_response_shape_get_and_filters(client) -> None:
     [
         ({"query": ""}, "query: must not be empty"),
         ({"query": "   "}, "query: must not be empty"),
+        ({"query": "\u0000\u0000"}, "query: must not be empty"),
+        ({"query": "\u200b"}, "query: must not be empty"),
+        ({"query": " \u200b\u200d\ufeff\u2060 \t"}, "query: must not be empty"),
         ({"query": "x" * 65}, "query: 65 characters, the limit is 64"),
         ({"query": "mug", "k": 0}, "k: 0 is outside 1..50"),
         ({"query": "mug", "k": 51}, "k: 51 is outside 1..50"),
