@@ -140,6 +140,18 @@ def test_bad_deltas_are_refused(tiny_sample: Path, tmp_path: Path) -> None:
     assert main(["update-index", "--artifacts", str(tmp_path)]) == 2  # neither a delta nor ids
 
 
+def test_delta_shares_the_catalog_limits(tmp_path: Path) -> None:
+    """A delta row with a long attribute value (a compatibility list) or HTML is upserted, its cuts
+    counted, like in a catalog (model/fields.py)."""
+    delta = tmp_path / "delta.jsonl"
+    delta.write_text(json.dumps({"id": "N1", "title": "<b>Hub</b> &amp; dock", "description": "d " * 40_000,
+                                 "attributes": {"compatibility": "Galaxy S24, " * 100}}) + "\n")
+    got = load_delta(delta)
+    (lst,) = got.upserts
+    assert lst.title == "Hub & dock" and len(lst.attributes["compatibility"]) > 1_000
+    assert got.report["rejected"] == 0 and got.report["truncated"] == {"description": 1}
+
+
 def wait_for(predicate, timeout: float = 10.0) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
