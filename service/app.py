@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse
 from service.batcher import MicroBatcher
 from service.cache import ResultCache
 from service.disconnect import CancelOnDisconnect
+from service.docs_ui import add_offline_docs
 from service.engine import Engine, LoadedVersion, SearchRequest, artifacts_current
 from service.errors import ServiceError, public_message, status_of
 from service.images import ImageRefs
@@ -187,7 +188,10 @@ def create_app(settings: Settings) -> FastAPI:
         version="0.1.0",
         description="Multi-view two-tower retrieval over a FAISS index of fused listing embeddings.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
+    add_offline_docs(app)  # /docs and /redoc with local assets (FastAPI's default loads them from a CDN)
     app.state.svc = state
     app.include_router(router)
 

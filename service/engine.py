@@ -34,7 +34,7 @@ from index.filters import Filter, FilterColumns
 from index.lexical import META as LEXICAL_META
 from index.lexical import LexicalIndex, top_k
 from index.metadata import ListingStore
-from index.search import Searcher, make_searcher
+from index.search import Searcher, exact_scores, make_searcher
 from model.query_encoder import EncoderOptions, QueryEncoder
 from service.errors import NotReady
 from service.fusion import FusionSpec, hybrid_one
@@ -262,7 +262,9 @@ class Engine:
 
     @staticmethod
     def depth(r: SearchRequest, mode: str, spec: FusionSpec) -> int:
-        """Rows each list is searched to for `r`: its page, or the fusion's candidates."""
+        """Rows each list is searched to for `r`: its page, or the last fusion tier the page reads.
+        Every list is one ranking per (query, filter) at any depth (index/search.py, fusion tiers),
+        so a batch searched at its deepest member's depth answers each member as if it were alone."""
         return spec.depth(r.k, r.offset) if mode == "hybrid" else r.offset + r.k
 
     def search_batch(self, requests: Sequence[SearchRequest]) -> BatchResult:
@@ -327,9 +329,9 @@ class Engine:
                 rr, ss = lexical[i][0], lexical[i][1]
             else:
                 q, full = qvecs[i], lexical[i][2]
-                rr, ss = hybrid_one(dense[i][0], lexical[i][0], spec, spec.depth(r.k, r.offset),
-                                    lambda rs, q=q: np.asarray(lv.searcher.vectors[rs], np.float32) @ q,
-                                    lambda rs, full=full: full[rs])
+                rr, ss = hybrid_one(dense[i][0], lexical[i][0], spec, spec.candidates,
+                                    lambda rs, q=q: exact_scores(lv.searcher.vectors, q[None], rs[None])[0],
+                                    lambda rs, full=full: full[rs], need=r.offset + r.k)
             rr, ss = rr[r.offset:r.offset + r.k], ss[r.offset:r.offset + r.k]
             keep = rr >= 0
             rows.append(rr[keep])

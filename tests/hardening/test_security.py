@@ -262,3 +262,21 @@ def test_cors_allows_only_the_configured_origins(tiny_build, monkeypatch) -> Non
         assert r.headers["access-control-allow-origin"] == "https://shop.example"
         r = c.get("/search", params={"q": "mug"}, headers={"origin": "https://evil.example"})
         assert "access-control-allow-origin" not in r.headers
+
+
+# ------------------------------------------------------------------------------ docs offline
+
+def test_docs_pages_load_every_asset_from_the_service(hard_client: TestClient) -> None:
+    """/docs and /redoc name no CDN: every script, stylesheet and icon is served by the app."""
+    for page in ("/docs", "/redoc"):
+        r = hard_client.get(page)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+        refs = re.findall(r'(?:src|href)\s*[=:]\s*["\']([^"\']+)["\']', r.text)
+        assert refs, page
+        assert not [u for u in refs if "//" in u], (page, refs)  # no http(s):// nor protocol-relative URL
+        for url in refs:
+            if url.startswith("/docs-assets/"):
+                asset = hard_client.get(url)
+                assert asset.status_code == 200 and len(asset.content) > 1000, url
+    assert "SwaggerUIBundle" in hard_client.get("/docs-assets/swagger-ui-bundle.js").text
+    assert hard_client.get("/openapi.json").json()["paths"]["/search"]
