@@ -23,7 +23,7 @@ import faiss
 import numpy as np
 
 from index.build import apply_params
-from index.search import rerank_exact
+from index.search import GPU_MAX_K, rerank_exact
 
 # Largest efSearch tried: beyond it HNSW costs about as much as an exact scan of a medium catalog.
 MAX_EF_SEARCH = 4096
@@ -53,8 +53,8 @@ class TuneResult:
 def knob(index: faiss.Index) -> tuple[str, int, int] | None:
     """(parameter name, smallest, largest value) of the index's speed/recall knob, or None (exact)."""
     ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None:
-        return "nprobe", 1, int(ivf.nlist)
+    if ivf is not None:  # at most faiss-gpu's limit: a version may be served on either placement
+        return "nprobe", 1, min(int(ivf.nlist), GPU_MAX_K)
     if isinstance(index, faiss.IndexHNSW):
         return "efSearch", 16, MAX_EF_SEARCH
     return None

@@ -12,7 +12,10 @@ Two methods, both a setting and a per-request option:
 
 Ties go to the lower row, so a ranking never depends on the order of a batch. `hybrid_one` is the
 whole per-query step the engine and the evaluation share: cut both lists to the candidate depth,
-look up the missing scores, fuse.
+look up the missing scores, fuse. Pages deeper than the candidates are fused in tiers (candidates,
+2x, 4x, ...; index/search.py `tier_sizes`): tier t fuses both lists cut to its depth and adds its
+best listings not placed by an earlier tier, so every page of a query reads one fused ranking (a
+listing's fused score is that of the tier that placed it; the first tier is the usual fusion).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from index.search import tier_sizes
 
 MODES = ("dense", "lexical", "hybrid")
 METHODS = ("rrf", "weighted")
@@ -61,8 +66,9 @@ class FusionSpec:
         return (self.method, self.rrf_k, float(self.dense_weight), float(self.lexical_weight), self.candidates)
 
     def depth(self, k: int, offset: int) -> int:
-        """How deep each list is searched for a page [offset, offset + k)."""
-        return max(self.candidates, offset + k)
+        """How deep each list is searched for a page [offset, offset + k): the last fusion tier the
+        page reads (`candidates` * 2^t, the first one >= offset + k)."""
+        return tier_sizes(offset + k, first=self.candidates)[-1]
 
 
 def _order(rows: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -98,17 +104,36 @@ def weighted(rows: np.ndarray, dense: np.ndarray, lexical: np.ndarray, dense_wei
     return _order(np.asarray(rows, np.int64), fused)
 
 
-def hybrid_one(dense_rows: np.ndarray, lexical_rows: np.ndarray, spec: FusionSpec, depth: int,
-               dense_of: Callable[[np.ndarray], np.ndarray],
-               lexical_of: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """One query: its dense and lexical rankings (best first, -1 padding allowed), cut to `depth`,
-    fused -> (rows, scores) best first. `dense_of(rows)` / `lexical_of(rows)` give exact scores of
-    any rows (used by `weighted` only)."""
-    d = dense_rows[dense_rows >= 0][:depth]
-    lx = lexical_rows[lexical_rows >= 0][:depth]
+def _fuse(d: np.ndarray, lx: np.ndarray, spec: FusionSpec, dense_of: Callable[[np.ndarray], np.ndarray],
+          lexical_of: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     if spec.method == "rrf":
         return rrf([d, lx], [spec.dense_weight, spec.lexical_weight], spec.rrf_k)
     cand = np.unique(np.concatenate([d, lx]))  # (m,) sorted rows
     if len(cand) == 0:
         return np.empty(0, np.int64), np.empty(0, np.float32)
     return weighted(cand, dense_of(cand), lexical_of(cand), spec.dense_weight, spec.lexical_weight)
+
+
+def hybrid_one(dense_rows: np.ndarray, lexical_rows: np.ndarray, spec: FusionSpec, depth: int,
+               dense_of: Callable[[np.ndarray], np.ndarray],
+               lexical_of: Callable[[np.ndarray], np.ndarray], need: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One query: its dense and lexical rankings (best first, -1 padding allowed), cut to `depth`,
+    fused -> (rows, scores) best first. `dense_of(rows)` / `lexical_of(rows)` give exact scores of
+    any rows (used by `weighted` only).
+
+    `need` > depth (a deep page): fused in tiers depth, 2 depth, ... until `need` rows are placed;
+    each tier but the last places its best new rows up to its own depth, the last all its new rows.
+    The lists must reach the last tier (`tier_sizes(need, depth)[-1]`, `FusionSpec.depth`)."""
+    d_all = dense_rows[dense_rows >= 0]
+    l_all = lexical_rows[lexical_rows >= 0]
+    sizes = tier_sizes(need, first=depth)
+    got_r, got_s = np.empty(0, np.int64), np.empty(0, np.float32)
+    for t, size in enumerate(sizes):
+        rows, scores = _fuse(d_all[:size], l_all[:size], spec, dense_of, lexical_of)
+        new = ~np.isin(rows, got_r)
+        room = len(rows) if t == len(sizes) - 1 else size - len(got_r)
+        got_r = np.concatenate([got_r, rows[new][:room]])
+        got_s = np.concatenate([got_s, scores[new][:room].astype(np.float32)])
+        if len(got_r) < size:  # both lists ran out: no deeper tier adds anything
+            break
+    return got_r, got_s
