@@ -9,13 +9,17 @@ BIN    := $(VENV)/bin
 # The CPU build of torch; an unpinned `torch` pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= serve,train,dev
-STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 comma  := ,
+STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 DEMO_DATA      ?= var/sample
 DEMO_ARTIFACTS ?= var/artifacts
-HOST ?= 127.0.0.1
-PORT ?= 8000
+# `make demo PORT=8080` (or SERVICE_PORT / SERVICE_HOST in the environment, as `service serve` reads them)
+HOST ?= $(or $(SERVICE_HOST),127.0.0.1)
+PORT ?= $(or $(SERVICE_PORT),8000)
+# The demo's build trains a short schedule so that it serves within minutes on 2 cores; the full
+# default (4 epochs) is `make demo DEMO_EPOCHS=4` after `rm -rf var/artifacts`, or `service build-index`.
+DEMO_EPOCHS ?= 2
 
 .PHONY: install demo test lint lint-deploy bench-search clean
 
@@ -34,7 +38,7 @@ $(DEMO_ARTIFACTS)/current: $(DEMO_DATA)/catalog.jsonl
 	$(BIN)/service build-index --catalog $(DEMO_DATA)/catalog.jsonl \
 		--interactions $(DEMO_DATA)/interactions.jsonl \
 		--judgments $(DEMO_DATA)/judgments.jsonl \
-		--artifacts $(DEMO_ARTIFACTS)
+		--epochs $(DEMO_EPOCHS) --artifacts $(DEMO_ARTIFACTS)
 
 demo: $(STAMP) $(DEMO_ARTIFACTS)/current
 	SERVICE_IMAGE_ROOT=$(DEMO_DATA) $(BIN)/service serve --artifacts $(DEMO_ARTIFACTS) --host $(HOST) --port $(PORT)
