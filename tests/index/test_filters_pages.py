@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from index import search as search_mod
-from index.build import build_index
+from index.build import RERANK_FACTOR, build_index
 from index.filters import Filter, FilterColumns
-from index.search import FaissCpuSearcher, FaissGpuSearcher, _exact_subset
+from index.search import FaissCpuSearcher, FaissGpuSearcher, _exact_subset, exact_scores
 
 FAMILIES = {  # key -> search params (deliberately narrow: refills must make up for them)
     "Flat": {},
@@ -106,10 +106,11 @@ def test_gpu_filter_logic_on_a_cpu_index(catalog, category: str, monkeypatch) ->
 @pytest.mark.parametrize("category", [None, "mid", "tiny"])
 def test_pages_continue_one_ranking(catalog, key: str, category: str | None, monkeypatch) -> None:
     """Page p (offset p*k, searched at depth (p+1)*k as the engine does) == rows [p*k, (p+1)*k)
-    of the deepest search: IVF scans the same lists at any depth, HNSW whenever depth <= efSearch."""
+    of the deepest search, as served (IVF-PQ with its exact re-rank; HNSW deeper than efSearch;
+    depths crossing several tiers, index/search.py DEPTH_BASE)."""
     monkeypatch.setattr(search_mod, "EXACT_SUBSET_MAX", 100)  # 'mid' goes through the IDSelector
-    x, q, k, pages = catalog["x"], catalog["q"], 5, 4
-    params = {**FAMILIES[key], "efSearch": 64} if key.startswith("HNSW") else FAMILIES[key]
+    x, q, k, pages = catalog["x"], catalog["q"], 25, 6
+    params = {**FAMILIES[key], "rerank": RERANK_FACTOR} if "PQ" in key else FAMILIES[key]
     searcher = FaissCpuSearcher(catalog["indexes"][key], x, params)
     allowed = None if category is None else catalog["cols"].mask(Filter.build(categories=[category]))
     deep = searcher.search(q, k * pages, allowed).rows
@@ -127,3 +128,29 @@ def test_exact_subset_in_chunks_equals_one_pass(catalog) -> None:
     np.testing.assert_array_equal(one.rows, brute(x, q, 12, np.isin(np.arange(len(x)), rows)))
     fp16 = _exact_subset(x.astype(np.float16), rows, q, 12, chunk=333)
     assert np.mean(fp16.rows == one.rows) > 0.95  # the stored fp16 vectors rank almost identically
+
+
+@pytest.mark.parametrize("key", list(FAMILIES))
+def test_a_listing_scores_the_same_on_every_path(catalog, key: str, monkeypatch) -> None:
+    """fp16 stored vectors beside an fp32 index (as the pipeline writes them): unfiltered, the
+    exact-subset path and the IDSelector path give a listing the same score, bit for bit."""
+    x16, q = catalog["x"].astype(np.float16), catalog["q"]
+    params = {**FAMILIES[key], "rerank": RERANK_FACTOR} if "PQ" in key else FAMILIES[key]
+    searcher = FaissCpuSearcher(catalog["indexes"][key], x16, params)
+    allowed = catalog["cols"].mask(Filter.build(categories=["common", "mid"]))
+    plain = searcher.search(q, 30)
+    runs = [plain]
+    for limit in (50_000, 100):  # the exact subset, then the IDSelector
+        monkeypatch.setattr(search_mod, "EXACT_SUBSET_MAX", limit)
+        runs.append(searcher.search(q, 30, allowed))
+    seen = 0
+    for b in range(len(q)):
+        first: dict[int, float] = {}
+        for res in runs:
+            for r, s in zip(res.rows[b], res.scores[b], strict=True):
+                if r >= 0:
+                    assert first.setdefault(int(r), float(s)) == float(s), (key, b, int(r))
+                    seen += 1
+        rows = np.array(sorted(first))
+        np.testing.assert_array_equal(exact_scores(x16, q[b:b + 1], rows[None])[0], [first[r] for r in rows])
+    assert seen > len(q) * 60
