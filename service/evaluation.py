@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from index.lexical import LexicalIndex, top_k
-from index.search import FaissCpuSearcher, Searcher, _exact_subset
+from index.search import FaissCpuSearcher, Searcher, _exact_subset, exact_scores
 from model.interactions import Judgments
 from model.metrics import ranking_metrics, recall_at_k
 from service.fusion import FusionSpec, hybrid_one
@@ -101,9 +101,9 @@ def mode_rankings(searcher: Searcher, lexical: LexicalIndex, ids: Sequence[str],
             qv = qvecs[start + j]
             full = lexical.scores(q)  # (n,)
             lex_rows, _ = top_k(full, depth)
-            fused, _ = hybrid_one(res.rows[j], lex_rows, spec, depth,
-                                  lambda rs, qv=qv: np.asarray(vectors[rs], np.float32) @ qv,
-                                  lambda rs, full=full: full[rs])
+            fused, _ = hybrid_one(res.rows[j], lex_rows, spec, spec.candidates,
+                                  lambda rs, qv=qv: exact_scores(vectors, qv[None], rs[None])[0],
+                                  lambda rs, full=full: full[rs], need=k)
             out["dense"].append([ids[r] for r in res.rows[j][:k] if r >= 0])
             out["lexical"].append([ids[r] for r in lex_rows[:k]])
             out["hybrid"].append([ids[r] for r in fused[:k]])
