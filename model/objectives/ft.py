@@ -4,9 +4,11 @@ Each listing is a distribution over its view embeddings with marginal weights w_
 Per step a listing contributes its primary views (title, primary photo) plus ONE auxiliary view u
 sampled with probability p_u = w_u / A, A = total auxiliary weight (`select_views`). Then
 
-    m~ = sum_{s primary} w_s z_s + A z_u,     E_u[m~] = sum_s w_s z_s = m       (unbiased)
+    m~ = sum_{s primary} w_s z_s + (w_u / p_u) z_u,   E_u[m~] = sum_s w_s z_s = m   (unbiased)
 
-so the cost per listing is constant in its number of views. Normalising m~ inside the cosine adds a
+with p_u detached, so w_u / p_u = A in value and the GRADIENT is unbiased as well, including the
+gradient with respect to the fusion logits (see `estimate`). The cost per listing is constant in
+its number of views. Normalising m~ inside the cosine adds a
 small bias (E[normalize(m~)] != normalize(m)); that is why the estimate is only used inside the
 training cosine, and the exact normalize(m) over all views is what gets indexed.
 
@@ -72,14 +74,24 @@ class FactorizedTransport(Objective):
         return encode, aux
 
     def estimate(self, b: ViewBatch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """-> (m~ (B, d) unbiased estimate of m, primary mean (B, d), z_u (B, d), has-aux (B,))."""
+        """-> (m~ (B, d) unbiased estimate of m, primary mean (B, d), z_u (B, d), has-aux (B,)).
+
+        m~ = m_prim + (w_u / p_u) z_u with p_u = w_u / A DETACHED: the value is m_prim + A z_u, and
+        the gradient reaches w_u alone, scaled by 1 / p_u, so E_u[d m~] = sum_s z_s dw_s = dm too
+        (for the fusion logits as for the views). Writing A z_u instead is unbiased in value only:
+        every auxiliary weight then gets the same upstream gradient, through A, whichever view
+        was drawn, and the model cannot learn which auxiliary view type is worth more."""
         prim = b.present & primary_mask(b.slot_types)  # (B, S)
         m_prim = torch.einsum("bs,bsd->bd", b.weights * prim, b.views)  # (B, d)
         total_aux = (b.weights * (b.present & aux_mask(b.slot_types))).sum(-1)  # (B,) A
         has = b.aux >= 0  # (B,)
         rows = torch.arange(b.views.shape[0], device=b.views.device)
-        z_u = b.views[rows, b.aux.clamp(min=0)] * has.unsqueeze(-1)  # (B, d)
-        return m_prim + total_aux.unsqueeze(-1) * z_u, m_prim, z_u, has
+        u = b.aux.clamp(min=0)  # (B,)
+        z_u = b.views[rows, u] * has.unsqueeze(-1)  # (B, d)
+        w_u = b.weights[rows, u] * has  # (B,)
+        p_u = (w_u / total_aux.clamp(min=1e-12)).detach()  # (B,) the draw's probability
+        scale = w_u / torch.where(has, p_u, torch.ones_like(p_u))  # (B,) = A in value
+        return m_prim + scale.unsqueeze(-1) * z_u, m_prim, z_u, has
 
     def forward(self, b: ViewBatch) -> tuple[Tensor, dict[str, float]]:
         m_tilde, m_prim, z_u, has = self.estimate(b)

@@ -42,9 +42,12 @@ def test_matches_naive_and_ignores_masked_views() -> None:
     want = naive(fusion, z, present, types)
     torch.testing.assert_close(got, want)
     # gradients equal too, and masked views get none
-    g1 = torch.autograd.grad(got.sum() + fusion.logits.sum() * 0, z, retain_graph=True)[0]
-    g2 = torch.autograd.grad(want.sum(), z)[0]
+    c = torch.randn_like(got)  # a generic linear read-out, so no gradient cancels by symmetry
+    g1, gl1 = torch.autograd.grad((got * c).sum(), [z, fusion.logits], retain_graph=True)
+    g2, gl2 = torch.autograd.grad((want * c).sum(), [z, fusion.logits])
     torch.testing.assert_close(g1, g2)
+    torch.testing.assert_close(gl1, gl2)  # the learned per-type logits too
+    assert gl1.abs().sum() > 0
     assert torch.all(g1[~present] == 0)
     # garbage (NaN) in a masked slot does not leak
     z2 = z.detach().clone()
