@@ -22,14 +22,15 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.batcher import MicroBatcher
 from service.cache import ResultCache
 from service.disconnect import CancelOnDisconnect
 from service.docs_ui import add_offline_docs
 from service.engine import Engine, LoadedVersion, SearchRequest, artifacts_current
-from service.errors import ServiceError, public_message, status_of
+from service.errors import ServiceError, error_body, http_error_code, public_message, status_of
 from service.images import ImageRefs
 from service.images import router as images_router
 from service.metrics import Metrics
@@ -55,6 +56,25 @@ def reload_version(state: ServiceState, version: str | None = None) -> LoadedVer
     state.load_error = None
     state.metrics.ready.set(1)
     return lv
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(error_body(code, message), status_code=status, headers=headers, media_type="application/json")
+
+
+def validation_message(errors: Sequence[dict[str, Any]]) -> str:
+    """Pydantic's errors as `field: problem; ...`; a body that is not JSON says where it breaks."""
+    problems = []
+    for err in errors:
+        if err.get("type") == "json_invalid":
+            pos = next((p for p in err.get("loc", ()) if isinstance(p, int)), None)
+            why = (err.get("ctx") or {}).get("error", "")
+            where = f" at character {pos}" if pos is not None else ""
+            problems.append(f"body: not valid JSON{where}{': ' + str(why) if why else ''}; send a JSON object")
+            continue
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        problems.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
+    return "; ".join(problems[:10])
 
 
 def observe_batch(metrics: Metrics, size: int, waits: Sequence[float]) -> None:
@@ -196,25 +216,30 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(router)
 
     @app.exception_handler(ServiceError)
-    async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
+    async def service_error(_: Request, exc: ServiceError) -> Response:
         code = status_of(exc)
         headers = {"Retry-After": "1"} if code in (429, 503) else None
         # no server paths in any message (a reload error names files)
-        message = public_message(str(exc), settings.artifacts)
-        return JSONResponse({"error": type(exc).__name__, "message": message}, status_code=code, headers=headers)
+        return error_response(code, type(exc).__name__, public_message(str(exc), settings.artifacts), headers)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-            problems.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
-        return JSONResponse({"error": "InvalidRequest", "message": "; ".join(problems[:10])}, status_code=422)
+    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
+        return error_response(422, "InvalidRequest", validation_message(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)  # the router's own 404 / 405, and any HTTPException
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            message = f"no route {request.url.path}; see /docs for the API"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}; allowed: {exc.headers.get('allow', '?') if exc.headers else '?'}"
+        else:
+            message = str(exc.detail)
+        return error_response(exc.status_code, http_error_code(exc.status_code), message, exc.headers)
 
     @app.exception_handler(Exception)  # a fallback: RequestMiddleware answers a handler's error first (with its id)
-    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    async def internal_error(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s", request.url.path)
-        return JSONResponse({"error": "InternalError", "message": "internal error"}, status_code=500)
+        return error_response(500, "InternalError", "internal error")
 
     if settings.image_root is not None:  # only the photos the served version's listings name
         app.state.image_refs = ImageRefs()

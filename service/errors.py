@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from http import HTTPStatus
 from pathlib import Path
 
 
@@ -57,6 +59,20 @@ STATUS: dict[type[ServiceError], int] = {
     DeadlineExceeded: 504,
     ReloadFailed: 409,
 }
+
+
+def error_body(code: str, message: str) -> bytes:
+    """THE error body of every response: `{"error": CamelCaseCode, "message": text for a person}`."""
+    return json.dumps({"error": code, "message": message}).encode()
+
+
+def http_error_code(status: int) -> str:
+    """A status without a domain error (a router's 404/405): its phrase in CamelCase, `MethodNotAllowed`."""
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        return "HttpError"
+    return "".join(word.capitalize() for word in re.split(r"[\s-]+", phrase) if word)
 
 
 def status_of(err: ServiceError) -> int:

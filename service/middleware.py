@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from service.errors import PayloadTooLarge, error_body
 from service.logctx import request_id_var
 from service.metrics import Metrics
 
@@ -20,7 +21,7 @@ error_log = logging.getLogger("service.app")
 
 
 def _error(status: int, code: str, message: str, request_id: str) -> tuple[dict, dict]:
-    body = json.dumps({"error": code, "message": message}).encode()
+    body = error_body(code, message)
     start = {"type": "http.response.start", "status": status,
              "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                          (b"x-request-id", request_id.encode())]}
@@ -50,7 +51,7 @@ class RequestMiddleware:
         status_box = {"status": 500}
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            first, body = _error(413, "payload_too_large", f"request body over {self.max_body} bytes", request_id)
+            first, body = _error(413, PayloadTooLarge.__name__, self._too_large(), request_id)
             await send(first)
             await send(body)
             self._record(scope, 413, start, request_id)
@@ -67,7 +68,7 @@ class RequestMiddleware:
                 chunk = message.get("body", b"")
                 total += len(chunk)
                 if total > self.max_body:
-                    first, body = _error(413, "payload_too_large", f"request body over {self.max_body} bytes", request_id)
+                    first, body = _error(413, PayloadTooLarge.__name__, self._too_large(), request_id)
                     await send(first)
                     await send(body)
                     self._record(scope, 413, start, request_id)
@@ -116,6 +117,9 @@ class RequestMiddleware:
                 status_box["status"] = 499  # client closed the request (nginx's code); nothing was sent
             self._record(scope, status_box["status"], start, request_id)
             request_id_var.reset(rid_token)
+
+    def _too_large(self) -> str:
+        return f"request body over {self.max_body} bytes (max_body_bytes); send a smaller request"
 
     def _record(self, scope: Scope, status: int, start: float, request_id: str, path: str | None = None) -> None:
         route = scope.get("route")

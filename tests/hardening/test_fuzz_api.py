@@ -207,7 +207,7 @@ def test_bodies_over_the_limit_get_413(hard_client: TestClient) -> None:
     limit = LIMITS["max_body_bytes"]
     big = json.dumps({"query": "mug", "pad": "x" * limit}).encode()
     r = hard_client.post("/search", content=big, headers={"content-type": "application/json"})
-    assert r.status_code == 413 and r.json()["error"] == "payload_too_large"
+    assert r.status_code == 413 and r.json()["error"] == "PayloadTooLarge"
     # no Content-Length (chunked): counted while reading
     r = hard_client.post("/search", content=chunks(limit + 10), headers={"content-type": "application/json"})
     assert r.status_code == 413

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -141,7 +142,7 @@ def test_other_4xx_paths(client) -> None:
     r = client.get("/search", params={"q": "mug", "k": 1000})
     assert r.status_code == 422
     r = client.post("/search", json={"query": "x" * 40_000})
-    assert r.status_code == 413 and r.json()["error"] == "payload_too_large"
+    assert r.status_code == 413 and r.json()["error"] == "PayloadTooLarge"
     assert client.post("/admin/reload").status_code == 401
     assert client.post("/admin/reload", headers={"Authorization": "Bearer wrong"}).status_code == 401
     r = client.get("/nope")
@@ -181,3 +182,24 @@ def test_admin_reload_with_token(client, tiny_build) -> None:
     assert bad.status_code == 409 and "still serving" in bad.json()["message"]
     assert client.get("/readyz").json()["last_reload_error"]
     assert client.post("/search", json={"query": "mug"}).status_code == 200
+
+
+def test_every_error_has_one_shape(client) -> None:
+    """413, 404, 405, a body that is not JSON, a domain error: all `{"error", "message"}`, CamelCase codes."""
+    cases = [
+        (client.post("/search", json={"query": "x" * 40_000}), 413, "PayloadTooLarge", "max_body_bytes"),
+        (client.get("/nope"), 404, "NotFound", "no route /nope"),
+        (client.delete("/search"), 405, "MethodNotAllowed", "DELETE is not allowed on /search"),
+        (client.post("/search", content=b'{"query": "mug",}', headers={"content-type": "application/json"}),
+         422, "InvalidRequest", "body: not valid JSON at character"),
+        (client.post("/search", json={"query": "mug", "k": 0}), 422, "InvalidRequest", "k: 0 is outside"),
+        (client.post("/admin/reload"), 401, "Unauthorized", ""),
+    ]
+    for r, status, code, fragment in cases:
+        body = r.json()
+        assert r.status_code == status, (code, r.text)
+        assert set(body) == {"error", "message"}, body
+        assert body["error"] == code and re.fullmatch(r"(?:[A-Z][a-z]+)+", body["error"]), body
+        assert fragment in body["message"] and body["message"], body
+        assert "x-request-id" in r.headers
+    assert "JSON decode error" not in cases[3][0].json()["message"].split(":")[0]
