@@ -21,7 +21,7 @@ def norm(value: str) -> str:
 @dataclass(frozen=True)
 class Filter:
     categories: frozenset[str] = frozenset()  # any of these (empty = no constraint)
-    attributes: tuple[tuple[str, frozenset[str]], ...] = ()  # each key must take one of its values
+    attributes: tuple[tuple[str, frozenset[str]], ...] = ()  # each key must take one of its values ([] = none)
     price_min: float | None = None
     price_max: float | None = None
 
@@ -36,7 +36,8 @@ class Filter:
         attrs = []
         for key, values in sorted((attributes or {}).items()):
             vals = [values] if isinstance(values, str) else list(values)
-            attrs.append((norm(key), frozenset(norm(v) for v in vals)))
+            if vals:  # [] is no constraint, as for categories (not "match nothing")
+                attrs.append((norm(key), frozenset(norm(v) for v in vals)))
         if price_min is not None and price_max is not None and price_min > price_max:
             raise ValueError(f"price: min {price_min} is greater than max {price_max}")
         return cls(frozenset(norm(c) for c in categories or ()), tuple(attrs), price_min, price_max)

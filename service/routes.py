@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from index import denylist
 from index.artifacts import ArtifactStore, GateRefused
-from index.filters import Filter
+from index.filters import Filter, norm
 from service.cache import search_cached
 from service.engine import LoadedVersion, SearchRequest
 from service.errors import AdminDisabled, InvalidRequest, NotReady, ReloadFailed, Unauthorized, public_message
@@ -119,15 +119,31 @@ async def search_post(body: SearchBody, state: State) -> Response:
                                                             mode, fusion)))
 
 
+ATTR_PREFIX = "attr."  # GET /search?attr.color=red,blue: the attribute filter of POST's filters.attributes
+
+
+def split_values(raw: list[str], whole: dict[str, int] | None = None) -> list[str]:
+    """GET filter values: repeated (`category=a&category=b`) or comma-separated (`category=a,b`).
+    A value that is itself a known name (`whole`: a category of the served version, compared as
+    filters compare) stays whole, so a category like "Tables, desks" still matches."""
+    out: list[str] = []
+    for value in raw:
+        if whole and norm(value) in whole:
+            out.append(value)
+        else:
+            out.extend(part for part in (p.strip() for p in value.split(",")) if part)
+    return out
+
+
 def parse_search_query(request: Request) -> SearchQuery:
     """GET /search's query string -> SearchQuery: unknown names and invalid values are 422s worded
     as FastAPI words them (`query.k: ...`). A repeated name keeps its last value, except category."""
     params = request.query_params
-    unknown = sorted(set(params) - GET_PARAMS)
+    unknown = sorted(n for n in set(params) - GET_PARAMS if not (n.startswith(ATTR_PREFIX) and len(n) > len(ATTR_PREFIX)))
     if unknown:
         more = f" (+{len(unknown) - 10} more)" if len(unknown) > 10 else ""  # bounded: never echo 2,000 names
         raise InvalidRequest(f"unknown query parameter(s): {', '.join(unknown[:10])}{more}")
-    values: dict[str, object] = dict(params)
+    values: dict[str, object] = {n: v for n, v in params.items() if not n.startswith(ATTR_PREFIX)}
     if "category" in values:
         values["category"] = params.getlist("category")
     try:
@@ -144,8 +160,13 @@ async def search_get(request: Request) -> Response:
     state: ServiceState = request.app.state.svc
     p = parse_search_query(request)
     price = {"min": p.price_min, "max": p.price_max} if p.price_min is not None or p.price_max is not None else None
+    vocab = state.engine.current.filters.category_vocab if state.engine.ready else {}
+    categories = split_values(p.category or [], vocab)
+    attributes = {name[len(ATTR_PREFIX):]: split_values(request.query_params.getlist(name))
+                  for name in request.query_params if name.startswith(ATTR_PREFIX)}
     try:
-        filters = SearchFilters(category=p.category, price=price) if p.category or price else None
+        filters = (SearchFilters(category=categories, attributes=attributes or None, price=price)
+                   if categories or attributes or price else None)
     except ValueError as e:
         raise InvalidRequest(f"filters: {str(e).splitlines()[-1].strip()}") from None
     weights = FusionWeights(dense=p.dense_weight, lexical=p.lexical_weight)

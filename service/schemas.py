@@ -64,7 +64,8 @@ class SearchQuery(BaseModel):
     q: str = Field(description="the shopper's query")
     k: int = Field(10, description="number of results (1..max_k)")
     offset: int = Field(0, description="results to skip, for pagination (0..max_offset)")
-    category: list[str] | None = Field(None, description="any of these categories (repeat the parameter)")
+    category: list[str] | None = Field(None, description="any of these categories: repeat the parameter or "
+                                       "separate with commas; attribute filters: attr.KEY=v1,v2")
     price_min: float | None = None
     price_max: float | None = None
     mode: Literal["dense", "lexical", "hybrid"] | None = Field(None, description="as in POST /search")

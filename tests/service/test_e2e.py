@@ -203,3 +203,27 @@ def test_every_error_has_one_shape(client) -> None:
         assert fragment in body["message"] and body["message"], body
         assert "x-request-id" in r.headers
     assert "JSON decode error" not in cases[3][0].json()["message"].split(":")[0]
+
+
+def test_filters_mean_the_same_on_get_and_post(client) -> None:
+    """`[]` is no constraint for categories and attributes alike; GET takes several categories
+    (repeated or comma-separated) and attribute filters (`attr.KEY=v1,v2`), as POST does."""
+    def ids(r) -> list[str]:
+        assert r.status_code == 200, r.text
+        return [h["id"] for h in r.json()["results"]]
+
+    everything = ids(client.post("/search", json={"query": "gift", "k": 20}))
+    assert ids(client.post("/search", json={"query": "gift", "k": 20, "filters": {"category": []}})) == everything
+    assert ids(client.post("/search", json={"query": "gift", "k": 20,
+                                            "filters": {"attributes": {"pattern": []}}})) == everything
+    two = ids(client.post("/search", json={"query": "gift", "k": 20, "filters": {"category": ["vase", "poster"]}}))
+    assert two
+    assert ids(client.get("/search", params={"q": "gift", "k": 20, "category": "vase,poster"})) == two
+    assert ids(client.get("/search", params=[("q", "gift"), ("k", "20"), ("category", "vase"),
+                                             ("category", "poster")])) == two
+    floral = ids(client.post("/search", json={"query": "gift", "k": 20,
+                                              "filters": {"attributes": {"pattern": ["floral", "striped"]}}}))
+    assert floral and len(floral) < len(everything)
+    assert ids(client.get("/search", params={"q": "gift", "k": 20, "attr.pattern": "floral,striped"})) == floral
+    r = client.get("/search", params={"q": "gift", "attr.": "x"})
+    assert r.status_code == 422 and "unknown query parameter(s): attr." in r.json()["message"]
