@@ -134,7 +134,11 @@ def rerank_exact(vectors: np.ndarray, q: np.ndarray, rows: np.ndarray, k: int) -
     """Rescore candidate rows (B, c) with `exact_scores` and keep the best k, score desc then row asc:
     what turns any index's candidates (PQ codes, fp32 copies, GPU fp16 copies) into served scores."""
     rows = np.asarray(rows, dtype=np.int64)
-    scores = exact_scores(vectors, q, rows)  # (B, c)
+    return _best(rows, exact_scores(vectors, q, rows), k)
+
+
+def _best(rows: np.ndarray, scores: np.ndarray, k: int) -> SearchResult:
+    """The k best of scored candidates (B, c), score desc then row asc, -1 / -inf padded."""
     order = np.lexsort((rows, -scores), axis=1)[:, :k]  # (B, <= k)
     return _pad(SearchResult(np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)), k)
 
@@ -162,25 +166,39 @@ def _exact_subset(vectors: np.ndarray, rows: np.ndarray, q: np.ndarray, k: int,
     return rerank_exact(vectors, q, best_r, k)
 
 
+def _placed(rows: np.ndarray, got: np.ndarray) -> np.ndarray:
+    """(B, w) bool: rows[b, j] is among got[b] (B, p)."""
+    if rows.size * got.shape[1] <= 1 << 22:  # one broadcast compare (<= 4 MiB of booleans)
+        return (rows[:, :, None] == got[:, None, :]).any(axis=2)
+    return np.stack([np.isin(r, g) for r, g in zip(rows, got, strict=True)])
+
+
 def merge_tiers(lists: list[SearchResult], sizes: list[int], k: int) -> SearchResult:
     """One ranking from tiers (`DEPTH_BASE`): tier t adds its best rows not placed yet until
     sizes[t] rows are placed. A tier that comes up short (its pool ran out) ends the ranking, so a
     deeper request never fills a position a shallower one left empty. -> the first k rows."""
     B = lists[0].rows.shape[0]
-    out_s = np.full((B, k), -np.inf, dtype=np.float32)
-    out_r = np.full((B, k), -1, dtype=np.int64)
-    for b in range(B):
-        got_r, got_s = np.empty(0, np.int64), np.empty(0, np.float32)
-        for res, size in zip(lists, sizes, strict=True):
-            r, s = res.rows[b], res.scores[b]
-            new = (r >= 0) & ~np.isin(r, got_r)
-            room = size - len(got_r)
-            got_r, got_s = np.concatenate([got_r, r[new][:room]]), np.concatenate([got_s, s[new][:room]])
-            if len(got_r) >= k or len(got_r) < size:
-                break
-        n = min(k, len(got_r))
-        out_r[b, :n], out_s[b, :n] = got_r[:n], got_s[:n]
-    return SearchResult(out_s, out_r)
+    got_r = np.full((B, 0), -1, dtype=np.int64)
+    got_s = np.full((B, 0), -np.inf, dtype=np.float32)
+    count = np.zeros(B, dtype=np.int64)  # rows placed per query
+    going = np.ones(B, dtype=bool)  # no tier came up short yet
+    for res, size in zip(lists, sizes, strict=True):
+        new = (res.rows >= 0) & going[:, None] & ~_placed(res.rows, got_r)  # (B, w)
+        rank = np.cumsum(new, axis=1)  # (B, w) 1-based rank among the new rows
+        take = new & (rank <= (size - count)[:, None])
+        b, j = np.nonzero(take)
+        pos = count[b] + rank[b, j] - 1
+        width = max(size, got_r.shape[1])
+        nr = np.full((B, width), -1, dtype=np.int64)
+        ns = np.full((B, width), -np.inf, dtype=np.float32)
+        nr[:, :got_r.shape[1]], ns[:, :got_s.shape[1]] = got_r, got_s
+        nr[b, pos], ns[b, pos] = res.rows[b, j], res.scores[b, j]
+        got_r, got_s = nr, ns
+        count += take.sum(axis=1)
+        going &= count >= size
+        if not going.any() or count.min() >= k:
+            break
+    return _pad(SearchResult(got_s, got_r), k)
 
 
 class Searcher:
@@ -223,6 +241,13 @@ class FaissCpuSearcher(Searcher):
         factor = int(self.params.get("rerank", 0) or 0)
         return factor if factor > 1 else 0
 
+    @property
+    def first_tier(self) -> int:
+        """HNSW: efSearch (each tier is a walk of its own; the first is the walk served today)."""
+        if isinstance(self.index, faiss.IndexHNSW):
+            return max(DEPTH_BASE, int(self.params.get("efSearch", 64)))
+        return DEPTH_BASE
+
     def _search_params(self, sel: Any, ef: int | None = None) -> Any:
         ivf = faiss.try_extract_index_ivf(self.index)
         if ivf is not None:
@@ -238,42 +263,48 @@ class FaissCpuSearcher(Searcher):
     def _faiss(self, q: np.ndarray, depth: int, sel: Any, ef: int | None = None) -> np.ndarray:
         return self.index.search(q, depth, params=self._search_params(sel, ef))[1]
 
-    def _pools(self, q: np.ndarray, sizes: list[int], allowed: np.ndarray | None) -> list[np.ndarray | None]:
-        """Per tier, the candidate rows (B, c) the index offers; None for a tier deeper than one
-        faiss call may return (it is answered by the exact scan)."""
+    def _pools(self, q: np.ndarray, sizes: list[int],
+               allowed: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """Per tier, the candidate rows (B, c) the index offers with their `exact_scores` (computed
+        once per faiss call); None for a tier deeper than one faiss call may return (it is
+        answered by the exact scan)."""
         sel, bitmap = None, None
         if allowed is not None and self.selector:
             bitmap = np.packbits(allowed, bitorder="little")
             sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
         if isinstance(self.index, faiss.IndexHNSW):  # a walk per distinct ef: max(efSearch, size)
             ef0 = int(self.params.get("efSearch", 64))
-            walks: dict[int, np.ndarray] = {}
+            walks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
             for size in sizes:
                 ef = max(ef0, size)
                 if ef not in walks:
-                    walks[ef] = self._faiss(q, min(ef, self.ntotal), sel, ef)
-            pools: list[np.ndarray | None] = [walks[max(ef0, size)] for size in sizes]
+                    found = self._faiss(q, min(ef, self.ntotal), sel, ef)
+                    walks[ef] = (found, exact_scores(self.vectors, q, found))
+            pools: list[tuple[np.ndarray, np.ndarray] | None] = [walks[max(ef0, size)] for size in sizes]
         else:  # the index's own ranking is prefix-stable: one call at the deepest pool, sliced per tier
             limit = min(self.ntotal, self.depth_limit or self.ntotal)
             want = [min(self._pool_depth(size, allowed is not None), limit) for size in sizes]
             fits = [w >= min(size, self.ntotal) for size, w in zip(sizes, want, strict=True)]
             deepest = max((w for w, f in zip(want, fits, strict=True) if f), default=0)
-            rows = self._faiss(q, deepest, sel) if deepest else None
-            pools = [rows[:, :w] if f and rows is not None else None for w, f in zip(want, fits, strict=True)]
+            rows = self._faiss(q, deepest, sel) if deepest else np.zeros((len(q), 0), np.int64)
+            scores = exact_scores(self.vectors, q, rows)
+            pools = [(rows[:, :w], scores[:, :w]) if f else None for w, f in zip(want, fits, strict=True)]
         del bitmap  # the selector reads it during the searches above
         return pools
 
-    def _tier(self, q: np.ndarray, size: int, pool: np.ndarray | None, allowed: np.ndarray | None,
-              rows_ok: np.ndarray | None) -> SearchResult:
+    def _tier(self, q: np.ndarray, size: int, pool: tuple[np.ndarray, np.ndarray] | None,
+              allowed: np.ndarray | None, rows_ok: np.ndarray | None) -> SearchResult:
         """A tier's rows: the allowed candidates of its pool, exactly scored; a query left with fewer
         than `size` (an IVF probe or HNSW walk that found too few rows passing the filter, a GPU
         oversample the filter emptied) or a tier without a pool is answered by the exact scan."""
         everything = np.arange(self.ntotal) if rows_ok is None else rows_ok
         if pool is None:
             return _exact_subset(self.vectors, everything, q, size)
+        pool, scores = pool
         if allowed is not None:
-            pool = np.where((pool >= 0) & allowed[np.maximum(pool, 0)], pool, -1)
-        res = rerank_exact(self.vectors, q, pool, size)
+            scores = np.where((pool >= 0) & allowed[np.maximum(pool, 0)], scores, -np.inf)
+            pool = np.where(np.isfinite(scores), pool, -1)
+        res = _best(pool, scores, size)
         if allowed is not None:
             short = np.flatnonzero((res.rows >= 0).sum(axis=1) < min(size, len(everything)))
             if len(short):
@@ -288,7 +319,7 @@ class FaissCpuSearcher(Searcher):
             rows_ok = np.flatnonzero(allowed)
             if len(rows_ok) <= EXACT_SUBSET_MAX:  # exact, hence one ranking at any depth by itself
                 return _exact_subset(self.vectors, rows_ok, q, k)
-        sizes = tier_sizes(k, cap=self.depth_limit)
+        sizes = tier_sizes(k, first=self.first_tier, cap=self.depth_limit)
         pools = self._pools(q, sizes, allowed)
         lists = [self._tier(q, size, pool, allowed, rows_ok) for size, pool in zip(sizes, pools, strict=True)]
         return merge_tiers(lists, sizes, k)
