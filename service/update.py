@@ -30,7 +30,7 @@ from index.build import BuiltIndex, load_index, rebuild_index
 from index.lexical import read_documents
 from index.metadata import ListingRecord, ListingStore
 from index.tune import tune_search_params
-from model.catalog import CatalogError, Listing, iter_rows, load_catalog
+from model.catalog import CatalogError, Listing, iter_rows, load_catalog, parse_column_map
 from model.checkpoint import load_model
 from model.image import backbone_digest
 from model.text import Tokenizer
@@ -56,14 +56,17 @@ class Delta:
     report: dict[str, Any]
 
 
-def _deleted_rows(path: Path) -> dict[int, str]:
-    """line -> id of the delta's deletion rows (`deleted` true)."""
+def _deleted_rows(path: Path, columns: str | None = None) -> dict[int, str]:
+    """line -> id of the delta's deletion rows (`deleted` true); the id read from the column that
+    `--columns id=…` names, as for the upserts."""
+    id_column = next((src for src, target in parse_column_map(columns).items() if target == "id"), "id")
     out = {}
     for line, row in iter_rows(path):
         if isinstance(row, dict) and row.get("deleted") in TRUE:
-            if row.get("id") in (None, ""):
-                raise CatalogError(str(path), line, "id", "a deletion row needs the listing id")
-            out[line] = str(row["id"]).strip()
+            if row.get(id_column) in (None, ""):
+                named = f" (column {id_column!r}, from --columns)" if id_column != "id" else ""
+                raise CatalogError(str(path), line, "id", f"a deletion row needs the listing id{named}")
+            out[line] = str(row[id_column]).strip()
     return out
 
 
@@ -81,7 +84,7 @@ def load_delta(path: Path | None, delete_ids: Path | None = None, *, skip_bad_ro
     deletions: list[str] = read_id_file(delete_ids) if delete_ids is not None else []
     report: dict[str, Any] = {}
     if path is not None:
-        deleted = _deleted_rows(path)
+        deleted = _deleted_rows(path, columns)
         cat = load_catalog(path, skip_bad_rows=True, images_root=images_root, column_map=columns)
         real = [r for r in cat.report.rejected if r.line not in deleted]
         if real and not skip_bad_rows:

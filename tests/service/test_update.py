@@ -152,6 +152,21 @@ def test_delta_shares_the_catalog_limits(tmp_path: Path) -> None:
     assert got.report["rejected"] == 0 and got.report["truncated"] == {"description": 1}
 
 
+def test_deletion_rows_read_the_id_from_the_mapped_column(tmp_path: Path) -> None:
+    """`--columns id=sku` holds for deletion rows as for upserts, in CSV and JSONL."""
+    csv_delta = tmp_path / "dA.csv"
+    csv_delta.write_text("sku,name,deleted\nN1,New lamp,\nL000003,,true\n")
+    got = load_delta(csv_delta, columns="id=sku,title=name")
+    assert [lst.id for lst in got.upserts] == ["N1"] and got.deletions == ["L000003"]
+    jsonl_delta = tmp_path / "dA.jsonl"
+    jsonl_delta.write_text(json.dumps({"sku": "N2", "name": "Mug"}) + "\n" + json.dumps({"sku": "L7", "deleted": True}) + "\n")
+    got = load_delta(jsonl_delta, columns="id=sku,title=name")
+    assert [lst.id for lst in got.upserts] == ["N2"] and got.deletions == ["L7"]
+    jsonl_delta.write_text(json.dumps({"id": "L7", "deleted": True}) + "\n")
+    with pytest.raises(CatalogError, match=r"dA.jsonl:1: id: a deletion row needs the listing id \(column 'sku'"):
+        load_delta(jsonl_delta, columns="id=sku")
+
+
 def wait_for(predicate, timeout: float = 10.0) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
