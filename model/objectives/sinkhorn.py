@@ -17,10 +17,14 @@ per-source-point target is wanted.
 
 Gradients. By default the iterations are unrolled and autograd differentiates through them (exact
 gradient of the returned plan as computed). With `detach_plan=True` the iterations run without a
-graph and the plan comes back detached: by the envelope theorem the gradient of the entropic OT
+graph and the plan comes back detached. By the envelope theorem the gradient of the entropic OT
 value OT_eps(C) = min_P <P, C> - eps H(P) with respect to C is the optimal plan P*, so the loss
-`(log_plan.exp() * cost).sum()` with a detached plan has exactly that gradient, at the memory cost
-of one plan instead of n_iters of them. That is the default used by the objectives.
+`(log_plan.exp() * cost).sum()` with a detached plan has exactly the gradient of OT_eps with
+respect to THIS cost, at the memory cost of one plan instead of n_iters of them. That holds only
+for the cost the plan was solved for: a plan solved for one cost and used to weight another (the
+factored transport's hub plans weighting the x-y cost, transport.py) or used as a fixed target
+(`oat`'s barycentric map) gets no such guarantee. The factored transport's hub cost uses it; its
+x-y cost unrolls.
 """
 
 from __future__ import annotations
