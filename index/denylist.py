@@ -51,6 +51,15 @@ def read_ids(path: Path) -> frozenset[str]:
     return frozenset(line.strip() for line in text.splitlines() if line.strip())
 
 
+def read_id_file(path: Path, option: str = "--delete-ids") -> list[str]:
+    """A file of listing ids, one per line (blank lines and `#` comments skipped)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file ({option})") from None
+    return [x.strip() for x in lines if x.strip() and not x.lstrip().startswith("#")]
+
+
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     import fcntl

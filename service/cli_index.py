@@ -94,18 +94,41 @@ def cmd_update_index(a: argparse.Namespace) -> int:
 
 def cmd_deny(a: argparse.Namespace) -> int:
     from index import denylist
-    from service.update import read_id_file
 
     path = denylist.denylist_path(a.artifacts)
-    ids = list(a.ids) + (read_id_file(a.file) if a.file else [])
+    ids = list(a.ids) + (denylist.read_id_file(a.file, "--file") if a.file else [])
     if a.list:
         print("\n".join(sorted(denylist.read_ids(path))))
         return 0
     if not ids:
         raise ValueError("deny: give listing ids (or --file), or --list")
+    unknown = [] if a.remove else unknown_ids(a.artifacts, ids)
+    if unknown:  # still denied: an update may add them; but say so, a typo hides nothing
+        shown = ", ".join(unknown[:10]) + (f" (+{len(unknown) - 10} more)" if len(unknown) > 10 else "")
+        print(f"deny: warning: {len(unknown)} id(s) not in the current version: {shown}", file=sys.stderr)
     now = denylist.update(path, remove=ids) if a.remove else denylist.update(path, add=ids)
-    print(json.dumps({"denylist": str(path), "denied": len(now), "changed": len(ids)}))
+    print(json.dumps({"denylist": str(path), "denied": len(now), "changed": len(ids), "unknown": len(unknown)}))
     return 0
+
+
+def unknown_ids(artifacts: Path, ids: list[str]) -> list[str]:
+    """The ids the current version does not hold (all of them when nothing is published)."""
+    from index.artifacts import ArtifactStore
+    from index.metadata import ListingStore
+
+    store = ArtifactStore(artifacts)
+    version = store.current_version()
+    if version is None:
+        return list(dict.fromkeys(ids))
+    present = ListingStore(store.version_dir(version) / "listings.sqlite").present(ids)
+    return [i for i in dict.fromkeys(ids) if i not in present]
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (the newest N versions are kept, and always current), got {value}")
+    return value
 
 
 def cmd_gc(a: argparse.Namespace) -> int:
@@ -179,6 +202,7 @@ def add_index_commands(sub: Any) -> None:
     s = sub.add_parser("gc", help="delete all but the newest N versions (never current), stale staging folders, "
                        "and deny-list ids no kept version holds")
     s.add_argument("--artifacts", required=True, type=Path)
-    s.add_argument("--keep-versions", type=int, required=True)
+    s.add_argument("--keep-versions", type=positive_int, required=True, metavar="N",
+                   help="keep the newest N >= 1 versions (current is never deleted)")
     s.add_argument("--staging-age-s", type=float, default=3600.0, help="staging folders older than this are debris")
     s.set_defaults(func=cmd_gc)

@@ -70,18 +70,10 @@ def _deleted_rows(path: Path, columns: str | None = None) -> dict[int, str]:
     return out
 
 
-def read_id_file(path: Path) -> list[str]:
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file (--delete-ids)") from None
-    return [x.strip() for x in lines if x.strip() and not x.lstrip().startswith("#")]
-
-
 def load_delta(path: Path | None, delete_ids: Path | None = None, *, skip_bad_rows: bool = False,
                images_root: Path | None = None, columns: str | None = None) -> Delta:
     upserts: list[Listing] = []
-    deletions: list[str] = read_id_file(delete_ids) if delete_ids is not None else []
+    deletions: list[str] = denylist.read_id_file(delete_ids) if delete_ids is not None else []
     report: dict[str, Any] = {}
     if path is not None:
         deleted = _deleted_rows(path, columns)

@@ -212,3 +212,17 @@ def test_deny_hides_at_once_keeps_k_and_reaches_other_replicas(artifacts_copy: P
         assert wait_for(lambda: ids_of(one, "gift") == before and ids_of(two, "gift") == before, 5)
         assert main(["deny", "--artifacts", str(artifacts_copy), victim]) == 0
         assert wait_for(lambda: victim not in ids_of(two, "gift"), 5)
+
+
+def test_deny_names_unknown_ids_and_gc_needs_one_version(artifacts_copy: Path, capsys) -> None:
+    store = ListingStore(ArtifactStore(artifacts_copy).version_dir(ArtifactStore(artifacts_copy).current_version())
+                         / "listings.sqlite")
+    known = store.ids()[0]
+    assert main(["deny", "--artifacts", str(artifacts_copy), known, "L-typo"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["unknown"] == 1 and "1 id(s) not in the current version: L-typo" in out.err
+    assert denylist.read_ids(denylist.denylist_path(artifacts_copy)) == {known, "L-typo"}  # denied all the same
+    with pytest.raises(SystemExit) as e:
+        main(["gc", "--artifacts", str(artifacts_copy), "--keep-versions", "0"])
+    assert e.value.code == 2 and "must be >= 1" in capsys.readouterr().err
+    assert main(["gc", "--artifacts", str(artifacts_copy), "--keep-versions", "1"]) == 0
