@@ -13,7 +13,10 @@ Identifiers get two extra forms so "SM-G991B", "sm g991b" and "smg991b" meet:
     also yields the tokens glued together ("smg991b");
   - a token mixing letters and digits ("rtx4070", "90x200") also yields its letter and digit runs
     ("rtx", "4070"; "90", "x", "200"), so "RTX 4070" finds a title written "RTX4070".
-No stop words, no stemming: model numbers and sizes are what the lexical side is for.
+No stemming: model numbers and sizes are what the lexical side is for. English stop words
+(`STOP_WORDS`: "the", "and", "for", …) are dropped from the QUERY only: a shopper's "the" matched
+most titles at ~0.9 and pulled arbitrary listings into the fused list. Documents keep them, so the
+index (and its tokenizer version) is unchanged; a query of only stop words has no lexical hits.
 
 Scoring: bm25s' Lucene variant, k1 = 1.5, b = 0.75. A document scoring 0 shares no token with the
 query and is never returned (a lexical ranking may be shorter than k).
@@ -22,6 +25,7 @@ query and is never returned (a lexical ranking may be shorter than k).
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -32,6 +36,10 @@ import numpy as np
 
 from index.search import SearchResult
 
+# bm25s logs every build and load at DEBUG on its own logger; a service at DEBUG for its own
+# modules should not print them.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
+
 TOKENIZER = "alnum-v1"
 META = "lexical.json"
 DOCS = "lexical.docs.jsonl"  # the indexed texts, one JSON string per row (update-index carries them)
@@ -41,6 +49,14 @@ FILES = {"data_name": "lexical.data.npy", "indices_name": "lexical.indices.npy",
 _TOKEN = re.compile(r"[a-z0-9]+")
 _CHUNK = re.compile(r"[a-z0-9]+(?:[-./_][a-z0-9]+)+")
 _RUNS = re.compile(r"[a-z]+|[0-9]+")
+# Short function words of English queries ("in" stays: it is the inch of "3/4 in"). Size letters stay ("x", "l", "s"; the "a" run of "A4"
+# goes, but "a4" itself still matches), and so do product words ("top", "set", "up", "off").
+_STOP = """
+a an the and or nor but of for with without on at to from by into onto about over under as is are
+was were be been being it its this that these those my your our their his her me we you they i
+so than then there here very just not no any some all each every such only own same too can will
+"""
+STOP_WORDS = frozenset(_STOP.split())
 
 
 def _mixed(token: str) -> bool:
@@ -127,7 +143,7 @@ class LexicalIndex:
 
     def scores(self, query: str) -> np.ndarray:
         """(n,) float32 BM25 score of every document (0 where no token is shared)."""
-        ids = [self._vocab[t] for t in tokenize(query) if t in self._vocab]
+        ids = [self._vocab[t] for t in tokenize(query) if t in self._vocab and t not in STOP_WORDS]
         if not ids:
             return np.zeros(self.n_docs, dtype=np.float32)
         return np.asarray(self._bm25.get_scores_from_ids(ids), dtype=np.float32)

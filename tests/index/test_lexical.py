@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index.lexical import LexicalIndex, tokenize, top_k
+from index.lexical import STOP_WORDS, LexicalIndex, tokenize, top_k
 
 DOCS = [
     "Samsung Galaxy S21 SM-G991B 128 GB phantom grey",
@@ -31,7 +31,7 @@ def naive_bm25(docs: list[str], query: str, k1: float = 1.5, b: float = 0.75) ->
     df = Counter(t for doc in toks for t in set(doc))
     out = np.zeros(n)
     for q in tokenize(query):
-        if q not in df:
+        if q not in df or q in STOP_WORDS:  # the query's stop words count for nothing
             continue
         idf = math.log(1 + (n - df[q] + 0.5) / (df[q] + 0.5))
         for i, doc in enumerate(toks):
@@ -48,10 +48,20 @@ def test_tokenize_adds_identifier_forms() -> None:
     assert tokenize("  ") == []
 
 
-@pytest.mark.parametrize("query", ["galaxy s21", "rtx 4070", "smg991b", "90x200", "GB card", "oak bed 200", "zzz"])
+@pytest.mark.parametrize("query", ["galaxy s21", "rtx 4070", "smg991b", "90x200", "GB card", "oak bed 200", "zzz",
+                                   "the galaxy with a case", "pc with the rtx"])
 def test_scores_match_naive_bm25(query: str) -> None:
     lex = LexicalIndex.build(DOCS)
     np.testing.assert_allclose(lex.scores(query), naive_bm25(DOCS, query), rtol=1e-5, atol=1e-6)
+
+
+def test_stop_words_of_a_query_score_nothing() -> None:
+    lex = LexicalIndex.build([*DOCS, "The best of the best", "the the the lamp"])
+    for q in ("the", "The", "of the", "with and for"):
+        assert not lex.scores(q).any(), q
+        assert (lex.search([q], 3).rows == -1).all()
+    np.testing.assert_array_equal(lex.scores("the lamp"), lex.scores("lamp"))
+    assert "in" not in STOP_WORDS and "x" not in STOP_WORDS
 
 
 def test_identifier_queries_find_their_listing_first() -> None:
