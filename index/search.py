@@ -2,12 +2,12 @@
 
 Placement (`choose_placement`), in order of preference:
   faiss-gpu   the installed faiss has GPU support and a GPU is visible;
-  torch-cuda  CUDA is present but faiss is CPU-only: exact fp16 inner product in torch;
+  torch-cuda  CUDA is present but faiss is CPU-only: exact search in torch (fp16 storage, fp32 scores);
   faiss-cpu   otherwise.
 Filters arrive as a boolean mask over rows. On CPU: a very selective mask is answered by an exact
 scan of the matching rows; otherwise faiss searches with an IDSelectorBitmap, and a query left
 with fewer rows than it needs (few matches in the probed lists) is answered by the exact scan. On
-GPU: the torch path masks scores before top-k (exact); faiss-gpu oversamples, post-filters and
+GPU: the torch path masks scores on the device before top-k (exact); faiss-gpu oversamples, post-filters and
 refills from an exact scan of the subset when too few survive.
 
 Every faiss result is one ranking per (query, filter), whatever the depth asked and whatever else
@@ -326,30 +326,30 @@ class FaissCpuSearcher(Searcher):
 
 
 class TorchCudaSearcher(Searcher):
-    """Exact fp16 inner-product search on the GPU (DESIGN §6 reference path)."""
+    """Exact inner-product search in torch (DESIGN §6 reference path): fp16 storage on CUDA, fp32 on
+    CPU (the same class runs in CI with device="cpu"). `index/torch_search.py` scans the rows in
+    chunks within `scratch_mb` and keeps fp32 top-k candidates on the device, filter masks stay on
+    the device (cached by content); the best k + TIE_SLACK candidates get `rerank_exact` scores and
+    order, so values, ids, ties and pages are the exact search's."""
 
     placement = "torch-cuda"
 
-    def __init__(self, vectors: np.ndarray, device: str = "cuda"):
-        import torch
+    def __init__(self, vectors: np.ndarray, device: str = "cuda", *, scratch_mb: float = 256,
+                 mask_cache: int = 16, storage: Any = None):
+        from index.torch_search import TorchExact
 
         super().__init__(vectors)
-        self.torch = torch
-        self.device = torch.device(device)
-        self.matrix = torch.from_numpy(np.asarray(vectors, dtype=np.float16)).to(self.device)  # (n, d)
+        self.engine = TorchExact(vectors, device, scratch_bytes=int(scratch_mb * 2**20), mask_cache=mask_cache,
+                                 storage=storage)
+        self.device = self.engine.device
 
     def search(self, q: np.ndarray, k: int, allowed: np.ndarray | None = None) -> SearchResult:
-        torch = self.torch
-        qt = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float16)).to(self.device, non_blocking=True)
-        scores = qt @ self.matrix.T  # (B, n) fp16 accumulate in fp32 by cuBLAS
-        if allowed is not None:
-            mask = torch.from_numpy(allowed).to(self.device)
-            scores = scores.masked_fill(~mask, float("-inf"))
-        k_eff = min(k, self.ntotal)
-        top_s, top_i = torch.topk(scores.float(), k_eff, dim=1)
-        top_s, top_i = top_s.cpu().numpy(), top_i.cpu().numpy().astype(np.int64)
-        top_i[~np.isfinite(top_s)] = -1
-        return _pad(SearchResult(top_s, top_i), k)
+        q = np.ascontiguousarray(q, dtype=np.float32)
+        cand = self.engine.topk_rows(q, k + TIE_SLACK, allowed)  # (B, <= k + slack), -1 past the matches
+        return rerank_exact(self.vectors, q, cand, k)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), **self.engine.describe()}
 
 
 def gpu_params(index: faiss.Index, params: dict[str, Any] | None) -> dict[str, Any]:
@@ -433,10 +433,11 @@ def _pad(res: SearchResult, k: int) -> SearchResult:
 
 
 def make_searcher(index: faiss.Index, vectors: np.ndarray, params: dict[str, Any] | None = None,
-                  device: str = "auto", gpu_shard: bool = False) -> Searcher:
+                  device: str = "auto", gpu_shard: bool = False, torch_scratch_mb: float = 256,
+                  torch_mask_cache: int = 16) -> Searcher:
     placement = choose_placement(device, faiss_gpu_count(), cuda_available(), gpu_supported(index))
     if placement == "faiss-gpu":
         return FaissGpuSearcher(index, vectors, params, shard=gpu_shard)
     if placement == "torch-cuda":
-        return TorchCudaSearcher(vectors)
+        return TorchCudaSearcher(vectors, scratch_mb=torch_scratch_mb, mask_cache=torch_mask_cache)
     return FaissCpuSearcher(index, vectors, params)

@@ -151,7 +151,8 @@ def load_version(settings: Settings, version: str | None = None) -> LoadedVersio
         if got != want:
             raise ArtifactError(f"{folder}: {what} is {got}, the manifest says {want}")
     searcher = make_searcher(index, vectors, manifest.get("index_params"), settings.index_device,
-                             gpu_shard=settings.index_gpu_shard)
+                             gpu_shard=settings.index_gpu_shard, torch_scratch_mb=settings.torch_search_scratch_mb,
+                             torch_mask_cache=settings.torch_mask_cache)
     return LoadedVersion(version, manifest, encoder, searcher, listings, listings.filter_columns(), lexical)
 
 

@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     index_device: str = Field("auto", description="auto | cpu | cuda | faiss-cpu | faiss-gpu | torch-cuda")
     index_gpu_shard: bool = Field(False, description="faiss-gpu with several GPUs: split the index across them "
                                   "(capacity) instead of a full copy on each (throughput)")
+    torch_search_scratch_mb: float = Field(256, gt=0, le=65_536, description="torch-cuda: fp32 score scratch "
+                                           "of one search (rows are scanned in chunks that fit; 6 GB unchunked at "
+                                           "1,024 queries x 1M rows)")
+    torch_mask_cache: int = Field(16, ge=1, le=4096, description="torch-cuda: distinct filter masks kept on the "
+                                  "device (n bytes each), so a repeated filter costs no host->device copy")
     torch_threads: int = Field(0, ge=0, description="intra-op threads for the CPU encoder (0: torch default)")
     encoder_backend: str = Field("auto", description="auto | torch | onnx | int8: the query encoder's runtime "
                                  "(auto: torch + CUDA graphs on GPU, the measured fastest on CPU; docs/SERVING.md)")
