@@ -36,11 +36,10 @@ import numpy as np
 
 from index.search import SearchResult
 
-# bm25s logs every build and load at DEBUG on its own logger; a service at DEBUG for its own
-# modules should not print them.
-logging.getLogger("bm25s").setLevel(logging.WARNING)
-
 TOKENIZER = "alnum-v1"
+# A letters+digits query token held by at most this many listings is an identifier (hybrid
+# search ranks the listings that hold it first: service/fusion.py).
+IDENTIFIER_MAX_DF = 50
 META = "lexical.json"
 DOCS = "lexical.docs.jsonl"  # the indexed texts, one JSON string per row (update-index carries them)
 # bm25s' files, flat beside the version's other files (prefixed, so a version folder stays flat).
@@ -57,6 +56,15 @@ was were be been being it its this that these those my your our their his her me
 so than then there here very just not no any some all each every such only own same too can will
 """
 STOP_WORDS = frozenset(_STOP.split())
+
+
+def _bm25s() -> Any:
+    """The bm25s module, imported late; its import sets its own logger to DEBUG (a line per build
+    and load at any service log level): put back to WARNING."""
+    import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s
 
 
 def _mixed(token: str) -> bool:
@@ -98,10 +106,8 @@ class LexicalIndex:
 
     @classmethod
     def build(cls, docs: Sequence[str], cfg: LexicalConfig | None = None) -> LexicalIndex:
-        import bm25s
-
         cfg = cfg or LexicalConfig()
-        engine = bm25s.BM25(k1=cfg.k1, b=cfg.b, method="lucene")
+        engine = _bm25s().BM25(k1=cfg.k1, b=cfg.b, method="lucene")
         # An empty document keeps its row (as the empty token, never a query token): rows = listings.
         engine.index([tokenize(d) or [""] for d in docs], show_progress=False)
         return cls(engine, len(docs), cfg)
@@ -123,8 +129,6 @@ class LexicalIndex:
     @classmethod
     def load(cls, folder: Path) -> LexicalIndex:
         """Read an index written by `save` (ValueError when it is not one this code can read)."""
-        import bm25s
-
         folder = Path(folder)
         try:
             meta = json.loads((folder / META).read_text())
@@ -132,7 +136,7 @@ class LexicalIndex:
             raise ValueError(f"{folder / META}: unreadable ({e})") from e
         if meta.get("tokenizer") != TOKENIZER:
             raise ValueError(f"{folder / META}: tokenizer {meta.get('tokenizer')!r}, this code has {TOKENIZER!r}")
-        engine = bm25s.BM25.load(folder, show_progress=False, allow_pickle=False, **FILES)
+        engine = _bm25s().BM25.load(folder, show_progress=False, allow_pickle=False, **FILES)
         n = int(meta["n_docs"])
         if int(engine.scores["num_docs"]) != n:
             raise ValueError(f"{folder}: {engine.scores['num_docs']} documents, {META} says {n}")
@@ -147,6 +151,25 @@ class LexicalIndex:
         if not ids:
             return np.zeros(self.n_docs, dtype=np.float32)
         return np.asarray(self._bm25.get_scores_from_ids(ids), dtype=np.float32)
+
+    def identifier_matches(self, query: str, allowed: np.ndarray | None = None,
+                           max_df: int = IDENTIFIER_MAX_DF) -> tuple[np.ndarray, np.ndarray]:
+        """Listings that hold the query's identifiers -> (rows (m,) sorted, counts (m,) how many).
+
+        An identifier is a query token that mixes letters and digits ("tr174" of "TR-174", "hy198")
+        and that at most `max_df` listings hold: a model number, not a size every listing has."""
+        found: dict[int, int] = {}
+        indptr, indices = self._bm25.scores["indptr"], self._bm25.scores["indices"]
+        for tok in dict.fromkeys(t for t in tokenize(query) if _mixed(t) and len(t) >= 3):
+            v = self._vocab.get(tok)
+            if v is None or indptr[v + 1] - indptr[v] > max_df:
+                continue
+            for r in indices[indptr[v]:indptr[v + 1]]:
+                found[int(r)] = found.get(int(r), 0) + 1
+        rows = np.fromiter(sorted(found), np.int64, len(found))
+        if allowed is not None and len(rows):
+            rows = rows[allowed[rows]]
+        return rows, np.asarray([found[int(r)] for r in rows], np.int64)
 
     def search(self, queries: Sequence[str], k: int, allowed: np.ndarray | None = None) -> SearchResult:
         """Top-k rows per query among `allowed` rows ((n,) bool, None = all), best first, ties by

@@ -77,7 +77,7 @@ class BatchResult:
 def fusion_spec(settings: Settings) -> FusionSpec:
     """The default fusion of /search from the settings."""
     return FusionSpec(settings.fusion, settings.rrf_k, settings.dense_weight, settings.lexical_weight,
-                      settings.fusion_candidates)
+                      settings.fusion_candidates, settings.identifier_boost)
 
 
 def resolve_encoder_device(requested: str) -> str:
@@ -288,6 +288,7 @@ class Engine:
         stages["encode"] = t1 - t_tok
         dense: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         lexical: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        exact: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # hybrid: listings holding the query's identifiers
         groups: dict[Any, list[int]] = {}
         for i, r in enumerate(requests):
             groups.setdefault(None if r.filter.empty else r.filter.key(), []).append(i)
@@ -315,6 +316,8 @@ class Engine:
                     full = lv.lexical.scores(requests[i].query)  # (n,)
                     rows_i, scores_i = top_k(full, self.depth(requests[i], *plans[i]), allowed)
                     lexical[i] = (rows_i, scores_i, full)
+                    if plans[i][0] == "hybrid" and plans[i][1].identifier_boost:
+                        exact[i] = lv.lexical.identifier_matches(requests[i].query, allowed)
                 t_lex += time.perf_counter() - tl
         t2 = time.perf_counter()
         stages["search"] = t2 - t1 - t_lex
@@ -332,7 +335,7 @@ class Engine:
                 q, full = qvecs[i], lexical[i][2]
                 rr, ss = hybrid_one(dense[i][0], lexical[i][0], spec, spec.candidates,
                                     lambda rs, q=q: exact_scores(lv.searcher.vectors, q[None], rs[None])[0],
-                                    lambda rs, full=full: full[rs], need=r.offset + r.k)
+                                    lambda rs, full=full: full[rs], need=r.offset + r.k, exact=exact.get(i))
             rr, ss = rr[r.offset:r.offset + r.k], ss[r.offset:r.offset + r.k]
             keep = rr >= 0
             rows.append(rr[keep])

@@ -101,9 +101,10 @@ def mode_rankings(searcher: Searcher, lexical: LexicalIndex, ids: Sequence[str],
             qv = qvecs[start + j]
             full = lexical.scores(q)  # (n,)
             lex_rows, _ = top_k(full, depth)
+            exact = lexical.identifier_matches(q) if spec.identifier_boost else None
             fused, _ = hybrid_one(res.rows[j], lex_rows, spec, spec.candidates,
                                   lambda rs, qv=qv: exact_scores(vectors, qv[None], rs[None])[0],
-                                  lambda rs, full=full: full[rs], need=k)
+                                  lambda rs, full=full: full[rs], need=k, exact=exact)
             out["dense"].append([ids[r] for r in res.rows[j][:k] if r >= 0])
             out["lexical"].append([ids[r] for r in lex_rows[:k]])
             out["hybrid"].append([ids[r] for r in fused[:k]])
@@ -117,6 +118,6 @@ def evaluate_modes(searcher: Searcher, lexical: LexicalIndex, ids: Sequence[str]
     qvecs = np.asarray(encode(queries), dtype=np.float32)
     ranked = mode_rankings(searcher, lexical, ids, queries, qvecs, max(RECALL_KS), spec)
     out: dict[str, Any] = {mode: evaluate_rankings(r, queries, judgments) for mode, r in ranked.items()}
-    out["fusion"] = dict(zip(("method", "rrf_k", "dense_weight", "lexical_weight", "candidates"), spec.key(),
-                             strict=True))
+    out["fusion"] = dict(zip(("method", "rrf_k", "dense_weight", "lexical_weight", "candidates", "identifier_boost"),
+                             spec.key(), strict=True))
     return out

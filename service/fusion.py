@@ -10,6 +10,12 @@ Two methods, both a setting and a per-request option:
   the candidates, then w_dense * dense + w_lexical * lexical. A signal that is constant over the
   candidates normalises to 1 where it is positive, else 0.
 
+Exact identifiers: a query token that mixes letters and digits and few listings hold ("TR-174",
+"HY198"; index/lexical.py `identifier_matches`) is a model number the shopper typed; the listings
+that hold it are ranked first, by how many of the query's identifiers they hold, then by their
+fused score: each identifier held adds twice the largest fused score the method can give (`boost`),
+so a cosine near an exact model number cannot bury it (FusionSpec.identifier_boost turns it off).
+
 Ties go to the lower row, so a ranking never depends on the order of a batch. `hybrid_one` is the
 whole per-query step the engine and the evaluation share: cut both lists to the candidate depth,
 look up the missing scores, fuse. Pages deeper than the candidates are fused in tiers (candidates,
@@ -48,6 +54,9 @@ class FusionSpec:
     # Candidates per list before fusion (at least offset + k): deep enough that an item ranked
     # well by one side only can still surface, cheap to fuse (100 vs 200: within noise).
     candidates: int = 100
+    # Listings holding the query's exact identifiers first (module docstring). Measured on the
+    # sample's model-number queries and homedepot's identifier subset (docs/RESULTS.md).
+    identifier_boost: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -63,7 +72,13 @@ class FusionSpec:
 
     def key(self) -> tuple:
         """Hashable identity (part of the result cache key)."""
-        return (self.method, self.rrf_k, float(self.dense_weight), float(self.lexical_weight), self.candidates)
+        return (self.method, self.rrf_k, float(self.dense_weight), float(self.lexical_weight), self.candidates,
+                self.identifier_boost)
+
+    def top_score(self) -> float:
+        """The largest fused score the method gives a listing (both lists' best)."""
+        total = self.dense_weight + self.lexical_weight
+        return total / (self.rrf_k + 1) if self.method == "rrf" else total
 
     def depth(self, k: int, offset: int) -> int:
         """How deep each list is searched for a page [offset, offset + k): the last fusion tier the
@@ -104,22 +119,47 @@ def weighted(rows: np.ndarray, dense: np.ndarray, lexical: np.ndarray, dense_wei
     return _order(np.asarray(rows, np.int64), fused)
 
 
+def boost(rows: np.ndarray, scores: np.ndarray, exact: tuple[np.ndarray, np.ndarray],
+          bonus: float) -> tuple[np.ndarray, np.ndarray]:
+    """Add `bonus` x (identifiers held) to the fused scores of the `exact` rows (rows, counts),
+    adding those the lists missed (fused score 0) -> (rows, scores) best first."""
+    ex_rows, counts = exact
+    if len(ex_rows) == 0:
+        return rows, scores
+    missing = ~np.isin(ex_rows, rows)
+    rows = np.concatenate([rows, ex_rows[missing]])
+    scores = np.concatenate([np.asarray(scores, np.float64), np.zeros(int(missing.sum()))])
+    pos = {int(r): i for i, r in enumerate(rows)}
+    for r, c in zip(ex_rows, counts, strict=True):
+        scores[pos[int(r)]] += bonus * int(c)
+    return _order(rows, scores)
+
+
 def _fuse(d: np.ndarray, lx: np.ndarray, spec: FusionSpec, dense_of: Callable[[np.ndarray], np.ndarray],
-          lexical_of: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+          lexical_of: Callable[[np.ndarray], np.ndarray],
+          exact: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    with_exact = exact is not None and spec.identifier_boost and len(exact[0]) > 0
     if spec.method == "rrf":
-        return rrf([d, lx], [spec.dense_weight, spec.lexical_weight], spec.rrf_k)
-    cand = np.unique(np.concatenate([d, lx]))  # (m,) sorted rows
-    if len(cand) == 0:
-        return np.empty(0, np.int64), np.empty(0, np.float32)
-    return weighted(cand, dense_of(cand), lexical_of(cand), spec.dense_weight, spec.lexical_weight)
+        rows, scores = rrf([d, lx], [spec.dense_weight, spec.lexical_weight], spec.rrf_k)
+    else:
+        parts = [d, lx, exact[0]] if with_exact and exact is not None else [d, lx]
+        cand = np.unique(np.concatenate(parts))  # (m,) sorted rows
+        if len(cand) == 0:
+            return np.empty(0, np.int64), np.empty(0, np.float32)
+        rows, scores = weighted(cand, dense_of(cand), lexical_of(cand), spec.dense_weight, spec.lexical_weight)
+    if with_exact and exact is not None:
+        rows, scores = boost(rows, scores, exact, 2.0 * spec.top_score())
+    return rows, scores
 
 
 def hybrid_one(dense_rows: np.ndarray, lexical_rows: np.ndarray, spec: FusionSpec, depth: int,
                dense_of: Callable[[np.ndarray], np.ndarray],
-               lexical_of: Callable[[np.ndarray], np.ndarray], need: int = 0) -> tuple[np.ndarray, np.ndarray]:
+               lexical_of: Callable[[np.ndarray], np.ndarray], need: int = 0,
+               exact: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One query: its dense and lexical rankings (best first, -1 padding allowed), cut to `depth`,
     fused -> (rows, scores) best first. `dense_of(rows)` / `lexical_of(rows)` give exact scores of
-    any rows (used by `weighted` only).
+    any rows (used by `weighted` only). `exact` = (rows, counts) of the listings holding the
+    query's identifiers (`LexicalIndex.identifier_matches`, filters and deny-list applied): first.
 
     `need` > depth (a deep page): fused in tiers depth, 2 depth, ... until `need` rows are placed;
     each tier but the last places its best new rows up to its own depth, the last all its new rows.
@@ -129,7 +169,7 @@ def hybrid_one(dense_rows: np.ndarray, lexical_rows: np.ndarray, spec: FusionSpe
     sizes = tier_sizes(need, first=depth)
     got_r, got_s = np.empty(0, np.int64), np.empty(0, np.float32)
     for t, size in enumerate(sizes):
-        rows, scores = _fuse(d_all[:size], l_all[:size], spec, dense_of, lexical_of)
+        rows, scores = _fuse(d_all[:size], l_all[:size], spec, dense_of, lexical_of, exact)
         new = ~np.isin(rows, got_r)
         room = len(rows) if t == len(sizes) - 1 else size - len(got_r)
         got_r = np.concatenate([got_r, rows[new][:room]])

@@ -88,6 +88,8 @@ class Settings(BaseSettings):
     lexical_weight: float = Field(0.2, ge=0, le=1000, description="weight of the lexical list in the fusion")
     fusion_candidates: int = Field(100, ge=1, le=10_000, description="rows taken from each list before fusing "
                                    "(at least offset + k)")
+    identifier_boost: bool = Field(True, description="hybrid: listings holding the query's model number (a "
+                                   "letters+digits token few listings have, e.g. TR-174) rank first")
 
     # --- result cache and query log (docs/SERVING.md)
     cache_size: int = Field(10_000, ge=0, description="LRU result cache entries (0: off); emptied on a version swap")

@@ -95,3 +95,10 @@ def test_save_load_roundtrip(tmp_path: Path) -> None:
     (tmp_path / "lexical" / "lexical.json").write_text('{"tokenizer": "other"}')
     with pytest.raises(ValueError, match="tokenizer"):
         LexicalIndex.load(tmp_path / "lexical")
+
+
+def test_bm25s_does_not_log_at_debug() -> None:
+    import logging
+
+    LexicalIndex.build(DOCS)
+    assert logging.getLogger("bm25s").getEffectiveLevel() == logging.WARNING
