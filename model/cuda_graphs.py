@@ -14,7 +14,8 @@ to the other rows, but it would trip any NaN check on the output).
 
 `capture` is injectable so the bucket and buffer logic runs on CPU in tests (`eager_capture`
 re-runs the forward on replay); on CUDA `cuda_capture` records a real graph, all graphs sharing one
-memory pool (captured largest first, so the pool is sized once).
+memory pool (captured largest first, so the pool is sized once), on a side stream in thread-local
+capture mode, so a reload may capture while another thread serves on the GPU.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from torch import Tensor
 Forward = Callable[[Tensor, Tensor], Tensor]  # (ids (B, T), mask (B, T)) -> (B, d)
 # (forward, static ids, static mask) -> (replay, static output)
 Capture = Callable[[Forward, Tensor, Tensor], tuple[Callable[[], None], Tensor]]
+# Graph capture's error mode: "thread_local", so capturing during a hot reload in another thread than
+# the one serving GPU work is allowed (see `cuda_capture`).
+CAPTURE_ERROR_MODE = "thread_local"
 
 
 def batch_buckets(max_batch: int) -> tuple[int, ...]:
@@ -81,18 +85,26 @@ def eager_capture(forward: Forward, ids: Tensor, mask: Tensor) -> tuple[Callable
 
 
 def cuda_capture(pool: object | None = None) -> Capture:
-    """Record `forward` as a CUDA graph (warm-up on a side stream first, as capture requires)."""
+    """Record `forward` as a CUDA graph, warmed up and captured on a side stream of the inputs' device.
+
+    Capture runs in `thread_local` error mode: a hot reload captures the new encoder's graphs in the
+    reload thread while the serving thread keeps launching GPU work (the old encoder's replays, the
+    torch search, their synchronising copies). The default `global` mode makes any such call from
+    another thread during a capture an error (cudaErrorStreamCaptureUnsupported, invalidating the
+    capture); thread-local mode only forbids the capturing thread itself from unsafe calls, and the
+    forward makes none (no host sync, no allocation outside the graph's pool)."""
 
     def capture(forward: Forward, ids: Tensor, mask: Tensor) -> tuple[Callable[[], None], Tensor]:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
+        device = ids.device
+        side = torch.cuda.Stream(device=device)
+        side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(3):  # cuBLAS workspaces, attention kernel choice, allocator blocks
                 forward(ids, mask)
-        torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool):
+        with torch.cuda.graph(graph, pool=pool, stream=side, capture_error_mode=CAPTURE_ERROR_MODE):
             out = forward(ids, mask)  # (B, d) lives in the graph's pool: overwritten by each replay
+        torch.cuda.current_stream(device).wait_stream(side)
         return graph.replay, out
 
     return capture

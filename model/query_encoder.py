@@ -14,6 +14,8 @@ Backends (`EncoderOptions.backend`):
          (bench/query_encoder.py, docs/PERFORMANCE.md).
 An onnx/int8 session is checked against the torch module on probe queries at load; one that
 misses its cosine bar is refused (a named backend raises; `auto` falls back to torch and logs).
+The CUDA-graph encoder (fp16) is checked the same way against the fp32 module before its cast, and
+refused (raises) below its bar.
 The default backend for direct construction is `torch`, the fp32 reference that evaluation uses.
 """
 
@@ -46,7 +48,10 @@ BACKENDS = ("auto", "torch", "onnx", "int8")
 CPU_AUTO = "int8"
 # Minimum cosine to the fp32 torch module on the probe queries, per backend: fp32 onnx is the same
 # arithmetic (differences ~1e-7); block-int8 weights measured >= 0.9995 on 1,000 sample queries.
-PROBE_MIN_COSINE = {"onnx": 0.9999, "int8": 0.995}
+# graphs: the CUDA-graph encoder in fp16 against the fp32 module before its cast. fp16 weights and
+# activations move a MiniLM query vector by ~1e-4 in cosine; 0.999 leaves room for that and refuses a
+# broken capture (not yet measured on a GPU here: bench/gpu_check.py reports the figure).
+PROBE_MIN_COSINE = {"onnx": 0.9999, "int8": 0.995, "graphs": 0.999}
 PROBES = ("gift", "red ceramic mug for coffee", "handmade wool scarf in blue with stripes",
           "vintage leather messenger bag brown", "kids wooden toy", "silver ring size 7")
 
@@ -86,17 +91,21 @@ class QueryEncoder:
         self.device = torch.device(device)
         self.encoder, self.proj, self.cfg = load_query_tower(weights, self.device)
         self.tokenizer = Tokenizer(tokenizer)
-        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        self.encoder.to(self.dtype)
-        self.proj.to(self.dtype)
         self.max_len = min(self.cfg.text.max_query_tokens, LENGTH_BUCKETS[-1])
         table = LENGTH_BUCKETS if self.device.type == "cuda" else CPU_LENGTH_BUCKETS
         self.length_buckets = tuple(b for b in table if b <= bucket(self.max_len, table))
         self._buffers: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.lock = threading.Lock()  # static buffers: one tokenize + encode at a time
         self.graphs: GraphedForward | None = None
+        self.graph_min_cosine: float | None = None  # the graph encoder's probe parity with fp32 (when captured)
         self._onnx = None
         self.backend = resolve_backend(opts.backend, self.device.type)
+        graphs = self.backend == "torch" and (capture is not None or (self.device.type == "cuda" and opts.cuda_graphs))
+        # fp32 probe vectors, taken before the cast to fp16: the reference the graph encoder is checked against
+        probe_ref = self._probe_vectors() if graphs else None
+        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.encoder.to(self.dtype)
+        self.proj.to(self.dtype)
         if self.backend in ("onnx", "int8"):
             try:
                 self._use_onnx(self.backend)
@@ -106,8 +115,9 @@ class QueryEncoder:
                 log.warning("query encoder: %s backend unavailable (%s: %s); using torch", self.backend,
                             type(e).__name__, e)
                 self.backend = "torch"
-        if self.backend == "torch" and (capture is not None or (self.device.type == "cuda" and opts.cuda_graphs)):
+        if graphs and self.backend == "torch":
             self.graphs = self._capture(capture)
+            self._check_graphs(probe_ref)
 
     @property
     def dim(self) -> int:
@@ -135,6 +145,32 @@ class QueryEncoder:
         self._onnx = runner
         # The session holds its own weights: drop the torch copy (~90 MB per worker process).
         self.encoder = self.proj = None  # type: ignore[assignment]
+
+    def _probe_vectors(self) -> np.ndarray:
+        """(P, d) float32 unit vectors of PROBES from the torch module as it is now (eager)."""
+        ids, mask = self.tokenize(PROBES)
+        return self._torch_forward(torch.from_numpy(ids), torch.from_numpy(mask)).cpu().numpy()
+
+    def _check_graphs(self, ref: np.ndarray | None) -> None:
+        """The graph encoder (fp16 on CUDA) against the fp32 module on the probe queries, as the onnx
+        and int8 sessions are checked: below PROBE_MIN_COSINE["graphs"] the encoder is refused (a
+        reload keeps the previous version)."""
+        assert self.graphs is not None and ref is not None
+        step = max(1, self.options.max_batch)
+        parts = []
+        for start in range(0, len(PROBES), step):  # batches that fit a bucket: every probe replays a graph
+            ids, mask = self.tokenize(PROBES[start:start + step])
+            out = self.graphs(ids, mask)
+            if out is None:
+                raise RuntimeError(f"graph query encoder: no graph for probe batch shape {ids.shape}")
+            parts.append(np.array(out, dtype=np.float32))
+        got = np.concatenate(parts)  # (P, d)
+        cos = float((ref * got).sum(1).min())
+        self.graph_min_cosine = cos
+        if not cos >= PROBE_MIN_COSINE["graphs"]:
+            raise RuntimeError(f"graph query encoder ({self.device.type}, {str(self.dtype).removeprefix('torch.')}) "
+                               f"differs from the fp32 module on the probe queries (min cosine {cos:.5f} < "
+                               f"{PROBE_MIN_COSINE['graphs']})")
 
     def _capture(self, capture: Capture | None) -> GraphedForward:
         plan = GraphPlan(batch_buckets(self.options.max_batch), self.length_buckets)
