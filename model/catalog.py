@@ -140,6 +140,28 @@ class LoadReport:
         }
 
 
+def describe_load(report: Mapping[str, Any], examples: int = 5) -> list[str]:
+    """A `LoadReport.to_dict()` as lines for a person (the build's console): what was rejected,
+    dropped and cut, each with its reasons and a few `file:line` examples."""
+    lines = [f"catalog: {report.get('loaded', 0):,} of {report.get('rows', 0):,} rows loaded from {report.get('file')}"]
+    parts = [("rejected", "row(s) rejected (--skip-bad-rows)", "rejected_by_reason", "rejected_examples"),
+             ("dropped_images", "image(s) dropped (the listings kept)", "dropped_images_by_reason",
+              "dropped_image_examples")]
+    for count, what, by_reason, shown in parts:
+        n = int(report.get(count) or 0)
+        if not n:
+            continue
+        reasons = sorted((report.get(by_reason) or {}).items(), key=lambda kv: -kv[1])
+        lines.append(f"catalog: {n:,} {what}: " + "; ".join(f"{r} ({c:,})" for r, c in reasons[:examples]))
+        lines += [f"  {e}" for e in (report.get(shown) or [])[:examples]]
+    cut = report.get("truncated") or {}
+    if cut:
+        lines.append("catalog: fields cut to their stored limits (listings kept; docs/DATA.md Limits): "
+                     + ", ".join(f"{k} {v:,}" for k, v in sorted(cut.items())))
+        lines += [f"  {e}" for e in (report.get("truncated_examples") or [])[:examples]]
+    return lines
+
+
 @dataclass(frozen=True)
 class Catalog:
     listings: list[Listing]
@@ -336,6 +358,46 @@ def iter_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | CatalogE
     yield from reader(p)
 
 
+REQUIRED = ("id", "title")
+
+
+def header_columns(path: Path) -> list[str] | None:
+    """The column names of a CSV or parquet catalog (None for JSONL, which has no header)."""
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+            header = next(csv.reader(f), [])
+        return None if any(_not_utf8(c) for c in header) else header  # the reader says "not valid UTF-8"
+    if suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+
+            return list(pq.ParquetFile(path).schema_arrow.names)
+        except Exception:  # noqa: BLE001 - the reader reports an unreadable file with its own message
+            return None
+    return None
+
+
+def check_header(path: Path, renames: Mapping[str, str]) -> None:
+    """A `--columns` source the header lacks, or a required field no column gives: one clear error
+    that lists the header, before any row is read (every row would fail the same way)."""
+    columns = header_columns(path) if path.is_file() else None
+    if columns is None:
+        return
+    shown = ", ".join(columns[:40]) + (f" (+{len(columns) - 40} more)" if len(columns) > 40 else "")
+    line = 1 if path.suffix.lower() == ".csv" else None
+    missing_sources = [src for src in renames if src not in columns]
+    if missing_sources:
+        src = missing_sources[0]
+        raise CatalogError(str(path), line, "--columns",
+                           f"{renames[src]}={src}: the header has no column {src!r}; its columns: {shown}")
+    given = {renames.get(c, c) for c in columns}
+    for fld in REQUIRED if "deleted" not in given else ("id",):  # a delta's deletion rows need no title
+        if fld not in given:
+            raise CatalogError(str(path), line, "header",
+                               f"no {fld!r} column; the header has: {shown}; map yours with --columns {fld}=COLUMN")
+
+
 def load_catalog(
     path: str | Path,
     *,
@@ -347,6 +409,7 @@ def load_catalog(
     p = Path(path)
     report = LoadReport(file=str(p))
     renames = parse_column_map(column_map)
+    check_header(p, renames)
     resolver = ImageResolver(p, images_root)
     csv_row = p.suffix.lower() == ".csv"
     listings: list[Listing] = []
@@ -362,7 +425,11 @@ def load_catalog(
             try:
                 values = _validate_row(row, csv_row=csv_row, cut=cuts.setdefault)
             except FieldError as e:
-                raise CatalogError(str(p), line, e.field, e.reason) from None
+                reason = e.reason
+                if e.field in REQUIRED and reason == "is missing" and not skip_bad_rows:  # spelled otherwise?
+                    keys = ", ".join(list(row)[:20]) or "nothing"
+                    reason += f" (the row has: {keys}; map yours with --columns {e.field}=KEY)"
+                raise CatalogError(str(p), line, e.field, reason) from None
             if values["id"] in seen:
                 raise CatalogError(str(p), line, "id", f"duplicate id {values['id']!r} (first at line {seen[values['id']]})")
         except CatalogError as err:

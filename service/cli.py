@@ -84,10 +84,24 @@ def cmd_build_index(a: argparse.Namespace) -> int:
     # per field: listings whose stored text was cut, and listings the encoder sees only the head of
     catalog = {k: rows.get(k) for k in ("rows", "loaded", "rejected", "dropped_images", "truncated")}
     catalog["encoder_truncated"] = inputs.get("encoder_truncated", {})
+    for line in describe_build(inputs):  # for a person: what was rejected, dropped and cut, and why
+        print(line, file=sys.stderr)
     print(json.dumps({"version": result.version, "published": result.published, "path": str(result.path),
                       "n_items": m["n_items"], "index_key": m["index_key"], "catalog": catalog,
                       "metrics": m.get("metrics", {}), "timings": m.get("timings", {})}, indent=2, default=float))
     return 0
+
+
+def describe_build(inputs: dict[str, Any]) -> list[str]:
+    """The build report's inputs as console lines (stderr; stdout stays the JSON summary)."""
+    from model.catalog import describe_load
+
+    lines = describe_load(inputs.get("catalog", {}))
+    for view, info in sorted((inputs.get("encoder_truncated") or {}).items()):
+        if isinstance(info, dict) and info.get("truncated"):
+            lines.append(f"encoder: {view}: {info['truncated']:,} of {info.get('listings', 0):,} listings longer than "
+                         f"the {info.get('budget_tokens')}-token budget (the encoder sees their head)")
+    return lines
 
 
 def cmd_serve(a: argparse.Namespace) -> int:

@@ -43,10 +43,10 @@ def test_jsonl_loads_all_fields(tmp_path: Path, img: Path) -> None:
 @pytest.mark.parametrize(
     ("row", "field", "reason"),
     [
-        ({"title": "x"}, "id", "is missing"),
+        ({"title": "x"}, "id", "is missing (the row has: title; map yours with --columns id=KEY)"),
         ({"id": "", "title": "x"}, "id", "is empty"),
         ({"id": ["a"], "title": "x"}, "id", "expected a string, got list"),
-        ({"id": "a"}, "title", "is missing"),
+        ({"id": "a"}, "title", "is missing (the row has: id; map yours with --columns title=KEY)"),
         ({"id": "a", "title": "   "}, "title", "is empty"),
         ({"id": "a", "title": 5}, "title", "expected a string, got int"),
         ({"id": "a", "title": "x", "tags": "red"}, "tags", "expected a list of strings, got a string"),
@@ -146,6 +146,31 @@ def test_column_map_renames_source_columns(tmp_path: Path) -> None:
     assert (cat.listings[0].id, cat.listings[0].title, cat.listings[0].category) == ("S1", "Lamp", "lighting")
     with pytest.raises(ValueError, match="'colour' is not a catalog field"):
         parse_column_map("colour=c")
+
+
+def test_missing_columns_list_the_header_and_suggest_columns(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    csv_path = tmp_path / "c.csv"
+    csv_path.write_text("sku,name,price\nS1,Lamp,3\n")
+    with pytest.raises(CatalogError, match=r"c.csv:1: header: no 'id' column; the header has: sku, name, price; "
+                                           r"map yours with --columns id=COLUMN"):
+        load_catalog(csv_path)
+    with pytest.raises(CatalogError, match=r"c.csv:1: --columns: title=nme: the header has no column 'nme'; "
+                                           r"its columns: sku, name, price"):
+        load_catalog(csv_path, column_map="id=sku,title=nme")
+    assert load_catalog(csv_path, column_map="id=sku,title=name").listings[0].title == "Lamp"
+    with pytest.raises(CatalogError, match="header: no 'id' column"):  # no row can load: even with skipping
+        load_catalog(csv_path, skip_bad_rows=True)
+    pq_path = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"sku": ["S1"], "title": ["Lamp"]}), pq_path)
+    with pytest.raises(CatalogError, match=r"header: no 'id' column; the header has: sku, title"):
+        load_catalog(pq_path)
+    jsonl = write_jsonl(tmp_path / "c.jsonl", [{"sku": "S1", "name": "Lamp"}])
+    with pytest.raises(CatalogError, match=r"c.jsonl:1: id: is missing \(the row has: sku, name; "
+                                           r"map yours with --columns id=KEY\)"):
+        load_catalog(jsonl)
 
 
 def test_unsupported_and_missing_files(tmp_path: Path) -> None:

@@ -73,3 +73,21 @@ def test_build_index_indexes_real_rows_and_reports_cuts(tmp_path: Path, capsys, 
     assert docs is not None and len(docs) == 12
     assert "Charges two laptops at once. 100 W GaN" in docs[0]
     assert not any(s in d for d in docs for s in ("<p>", "<li>", "&nbsp;", "&amp;"))
+
+
+def test_the_console_says_what_the_build_rejected_dropped_and_cut(tmp_path: Path, capsys) -> None:
+    rows = catalog_rows()[:4] + [{"id": "BAD", "price": 3},  # no title: rejected
+                                 {"id": "P1", "title": "Lamp", "images": ["photos/missing.jpg", "../../etc/x.jpg"]}]
+    catalog = write(tmp_path / "catalog.jsonl", rows)
+    rc = main(["build-index", "--catalog", str(catalog), "--artifacts", str(tmp_path / "store"), "--epochs", "0",
+               "--device", "cpu", "--no-progress", "--skip-bad-rows", "--image-cache", str(tmp_path / "cache")])
+    assert rc == 0
+    captured = capsys.readouterr()
+    json.loads(captured.out)  # stdout stays one JSON document
+    err = captured.err
+    assert "catalog: 5 of 6 rows loaded" in err
+    assert "catalog: 1 row(s) rejected (--skip-bad-rows): title: is missing (1)" in err
+    assert f"{catalog}:5: title: is missing" in err
+    assert "catalog: 2 image(s) dropped (the listings kept)" in err and "photos/missing.jpg" in err
+    assert "catalog: fields cut to their stored limits" not in err  # nothing over a stored limit here
+    assert "encoder: description: 4 of 4 listings longer than the 128-token budget" in err
