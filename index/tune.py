@@ -151,3 +151,62 @@ def tune_search_params(index: faiss.Index, vectors: np.ndarray, queries: np.ndar
     apply_params(index, {name: value})
     curve = tuple((v, r, ms) for v, (r, ms) in sorted(tried.items()))
     return TuneResult({name: value}, tried[value][0], target, k, len(q), reached, curve)
+
+
+# ---------------------------------------------------------------------------------- held-out check
+
+# Share of the held-out queries kept back to measure the ANN recall the publish gate checks; the
+# rest tune. Half and half: both estimates rest on hundreds of queries at the default 1,000.
+CHECK_SHARE = 0.5
+
+
+def split_queries(n: int, seed: int, check_share: float = CHECK_SHARE) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded, disjoint (tune rows, check rows) of `n` held-out queries, each sorted. A recall
+    measured on the queries the parameters were tuned on is biased upward (the sweep stops at
+    the first value that reaches the target on them), so the gate reads the other part. n < 2:
+    all tune, none check."""
+    if not 0 < check_share < 1:
+        raise ValueError(f"check share: must be in (0, 1), got {check_share}")
+    if n < 2:
+        return np.arange(n), np.zeros(0, dtype=np.int64)
+    n_check = min(n - 1, max(1, round(n * check_share)))
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[n_check:]), np.sort(perm[:n_check])
+
+
+def measure_recall(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, k: int, rerank: int = 0) -> float:
+    """ANN recall@k (tie-aware) of `index` at its current search parameters on `queries` (Q, d)."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    k = min(k, int(index.ntotal))
+    kth = exact_topk(vectors, q, k)[0][:, -1]  # (Q,)
+    _, found = index.search(q, min(k * rerank, index.ntotal) if rerank > 1 else k)  # (Q, k or rerank*k)
+    if rerank > 1:
+        found = rerank_exact(vectors, q, found, k).rows
+    return ann_recall(vectors, q, found, kth)
+
+
+@dataclass(frozen=True)
+class CheckedTuning:
+    tuned: TuneResult  # tuned on the tune part
+    check_recall: float | None  # measured on the check part at the tuned parameters (None: no check part)
+    n_check: int
+    seed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.tuned.to_dict(), "check": {"recall": self.check_recall, "n_queries": self.n_check,
+                                                  "seed": self.seed, "share": CHECK_SHARE}}
+
+
+def tune_and_check(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, *, k: int = 10,
+                   target: float = 0.95, max_queries: int = 1000, seed: int = 0, rerank: int = 0) -> CheckedTuning:
+    """Split `queries` (Q, d) with `split_queries(Q, seed)`, tune on one part (at most
+    `max_queries` of it), then measure ANN recall@k on the other (at most `max_queries` too)."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    tune_rows, check_rows = split_queries(len(q), seed)
+    tuned = tune_search_params(index, vectors, q[tune_rows], k=k, target=target, max_queries=max_queries,
+                               seed=seed, rerank=rerank)
+    check = q[check_rows]
+    if len(check) > max_queries:
+        check = check[np.sort(np.random.default_rng(seed + 1).choice(len(check), max_queries, replace=False))]
+    recall = measure_recall(index, vectors, check, k, rerank) if len(check) else None
+    return CheckedTuning(tuned, recall, len(check), seed)

@@ -7,8 +7,9 @@ per-query fusion), so `service eval` reports the three side by side.
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,10 +18,29 @@ from index.lexical import LexicalIndex, top_k
 from index.search import FaissCpuSearcher, Searcher, _exact_subset, exact_scores
 from model.interactions import Judgments
 from model.metrics import ranking_metrics, recall_at_k
+from service.cache import normalise_query
 from service.fusion import FusionSpec, hybrid_one
 
 RECALL_KS = (10, 100, 500)
 CURVE_KS = (1, 2, 5, 10, 20, 50, 100, 200, 500)
+
+
+def exclude_training_queries(judgments: Judgments, interactions: Iterable[Any]) -> tuple[Judgments, dict[str, Any]]:
+    """Judgments without the judged queries that also occur in the training interactions, compared
+    as the query cache compares them (service/cache.py normalise_query: case and whitespace), and
+    a report {queries: how many were left out, examples}. A query the model was trained on
+    measures memory, not retrieval: reported metrics cover the held-out queries only."""
+    trained = {normalise_query(it.query) for it in interactions}
+    leaked = [q for q in judgments.queries if normalise_query(q) in trained]
+    report: dict[str, Any] = {"queries": len(leaked), "of": len(judgments.queries), "excluded": True,
+                              "examples": leaked[:20]}
+    if not leaked:
+        return judgments, report
+    drop = set(leaked)
+    kept = dataclasses.replace(
+        judgments, relevance={q: r for q, r in judgments.relevance.items() if q not in drop},
+        title_answerable={q: f for q, f in judgments.title_answerable.items() if q not in drop})
+    return kept, report
 
 
 def ranked_ids(searcher: Searcher, ids: Sequence[str], qvecs: np.ndarray, k: int, batch: int = 256) -> list[list[str]]:

@@ -29,7 +29,7 @@ from index.artifacts import ArtifactError, ArtifactStore, gate_failures, sha256_
 from index.build import BuiltIndex, load_index, rebuild_index
 from index.lexical import read_documents
 from index.metadata import ListingRecord, ListingStore
-from index.tune import tune_search_params
+from index.tune import tune_and_check
 from model.catalog import CatalogError, Listing, iter_rows, load_catalog, parse_column_map
 from model.checkpoint import load_model
 from model.image import backbone_digest
@@ -142,7 +142,8 @@ def update_index(artifacts: Path, delta_path: Path | None = None, delete_ids: Pa
     built.params.update(parent.get("index_params") or {})
     _retune(built, x, folder, parent)
     index_s = time.perf_counter() - t
-    metrics = {f"ann_recall@{built.tuning['k']}": built.tuning["recall"]} if built.tuning else {}
+    metrics = {f"ann_recall@{built.tuning['k']}": built.tuning["check"]["recall"],
+               f"tune_ann_recall@{built.tuning['k']}": built.tuning["recall"]} if built.tuning else {}
     update = {"parent": base, "delta": delta.report, "delete_ids": str(delete_ids) if delete_ids else None,
               "images": image_report, **counts}
     timings = {"embed_s": embed_s, "index_s": index_s, "total_s": time.perf_counter() - t0}
@@ -184,16 +185,17 @@ def carried_documents(folder: Path, records: list[ListingRecord], merged: list[L
 
 
 def _retune(built: BuiltIndex, x: np.ndarray, folder: Path, parent: dict[str, Any]) -> None:
-    """Same held-out query vectors, same target and k as the parent version's tuning."""
+    """Same held-out query vectors, same target, k and tune/check split as the parent version's
+    tuning: tuned on one part, the gated recall measured on the other (index/tune.py)."""
     path = folder / "tune_queries.npy"
     prev = parent.get("index_tuning") or {}
     if not path.is_file() or not prev:
         return
     queries = np.load(path).astype(np.float32)  # (Q, d)
-    tuned = tune_search_params(built.index, x, queries, k=int(prev.get("k", 10)), target=float(prev.get("target", 0.95)),
-                               rerank=int(built.params.get("rerank", 0)))
-    built.params.update(tuned.params)
-    built.tuning = {**tuned.to_dict(), "queries": prev.get("queries", "")}
+    checked = tune_and_check(built.index, x, queries, k=int(prev.get("k", 10)), target=float(prev.get("target", 0.95)),
+                             seed=int((prev.get("check") or {}).get("seed", 0)), rerank=int(built.params.get("rerank", 0)))
+    built.params.update(checked.tuned.params)
+    built.tuning = {**checked.to_dict(), "queries": prev.get("queries", "")}
 
 
 def prune_denylist(artifacts: Path) -> list[str]:

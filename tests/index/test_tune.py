@@ -97,3 +97,29 @@ def test_knob_and_bad_inputs(data) -> None:
         tune_search_params(index, x, q, target=1.5)
     with pytest.raises(ValueError, match="tuning queries"):
         tune_search_params(index, x, q[:, :8])
+
+
+def test_split_is_seeded_disjoint_and_complete() -> None:
+    from index.tune import split_queries
+
+    tune, check = split_queries(101, seed=5)
+    assert len(tune) + len(check) == 101 and not set(tune) & set(check) and len(check) == 50
+    again, _ = split_queries(101, seed=5)
+    other, _ = split_queries(101, seed=6)
+    assert np.array_equal(tune, again) and not np.array_equal(tune, other)
+    assert [len(p) for p in split_queries(1, seed=0)] == [1, 0]  # nothing to hold back
+
+
+def test_tune_and_check_measures_recall_on_the_other_part(data) -> None:
+    from index.tune import measure_recall, split_queries, tune_and_check
+
+    x, tune_q, test_q = data
+    q = np.vstack([tune_q, test_q])  # (600, d)
+    index = build_index(x, "IVF64,Flat").index
+    res = tune_and_check(index, x, q, k=10, target=0.9, seed=1)
+    tune_rows, check_rows = split_queries(len(q), seed=1)
+    assert res.tuned.n_queries == len(tune_rows) and res.n_check == len(check_rows)
+    assert res.tuned.recall == measure_recall(index, x, q[tune_rows], 10) >= 0.9
+    assert res.check_recall == measure_recall(index, x, q[check_rows], 10)
+    assert res.to_dict()["check"] == {"recall": res.check_recall, "n_queries": len(check_rows), "seed": 1,
+                                      "share": 0.5}
