@@ -1,7 +1,9 @@
 """`service eval`: metrics of any version (published or not) against a judgments file.
 
-The top-level metrics are the dense index's (what the gate checks); `modes` holds dense, lexical
-and hybrid side by side when the version has a lexical index, with the fusion from the settings
+The headline, `served`, is the metrics of the mode `service serve` answers in (SERVICE_SEARCH_MODE,
+hybrid by default; dense for a version without a lexical index), named by `served_mode`. The
+top-level metrics are the dense index's (what the gate checks); `modes` holds dense, lexical and
+hybrid side by side when the version has a lexical index, with the fusion from the settings
 (SERVICE_FUSION, SERVICE_RRF_K, SERVICE_DENSE_WEIGHT, ...: what `service serve` would answer with).
 """
 
@@ -39,8 +41,12 @@ def evaluate_version(artifacts: Path, version: str | None, judgments: Path, *, d
     labels = load_judgments(judgments, set(ids), min_relevant=min_relevant)
     metrics = evaluate(searcher, ids, encoder.encode, labels)
     lexical = load_lexical(folder, manifest)
+    settings = Settings(artifacts=artifacts)
+    served_mode = settings.search_mode if lexical is not None else "dense"
+    served = {k: v for k, v in metrics.items() if k != "latency"}
     if lexical is not None:
-        spec = fusion or fusion_spec(Settings(artifacts=artifacts))
+        spec = fusion or fusion_spec(settings)
         metrics["modes"] = evaluate_modes(searcher, lexical, ids, encoder.encode, labels, spec)
+        served = metrics["modes"][served_mode]
     return {"version": version, "objective": manifest.get("objective"), "n_items": manifest["n_items"],
-            "judgments": labels.report.to_dict(), **metrics}
+            "served_mode": served_mode, "served": served, "judgments": labels.report.to_dict(), **metrics}

@@ -227,3 +227,17 @@ def test_filters_mean_the_same_on_get_and_post(client) -> None:
     assert ids(client.get("/search", params={"q": "gift", "k": 20, "attr.pattern": "floral,striped"})) == floral
     r = client.get("/search", params={"q": "gift", "attr.": "x"})
     assert r.status_code == 422 and "unknown query parameter(s): attr." in r.json()["message"]
+
+
+def test_eval_headline_is_the_served_mode(tiny_build, tiny_sample: Path, capsys, monkeypatch) -> None:
+    from service.cli import main
+
+    argv = ["eval", "--artifacts", str(tiny_build.path.parent.parent), "--judgments",
+            str(tiny_sample / "judgments.jsonl"), "--device", "cpu"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["served_mode"] == "hybrid" and out["served"] == out["modes"]["hybrid"]  # the default mode
+    monkeypatch.setenv("SERVICE_SEARCH_MODE", "dense")
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["served_mode"] == "dense" and out["served"]["ndcg@10"] == out["ndcg@10"]
