@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from service.cli_index import add_index_choice_args, add_index_commands
+from service.cli_index import add_index_choice_args, add_index_commands, add_threads_arg
 from service.offline import enforce_offline
 
 log = logging.getLogger("service")
@@ -51,6 +51,7 @@ def _add_build_args(p: argparse.ArgumentParser, artifacts: bool = True) -> None:
     p.add_argument("--keep-versions", type=int, default=0, help="delete all but the newest N versions (0: keep all)")
     p.add_argument("--version", help="version name (default: timestamp-digest)")
     p.add_argument("--no-progress", action="store_true")
+    add_threads_arg(p)
 
 
 def cmd_sample_catalog(a: argparse.Namespace) -> int:
@@ -113,7 +114,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
     # re-raises the signal it caught to the handler found here, which exits 0 (the default handler
     # would kill the process, status -15, after a clean drain). Before uvicorn starts: exit at once.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    overrides: dict[str, Any] = {"artifacts": a.artifacts, "host": a.host, "port": a.port}
+    overrides: dict[str, Any] = {"artifacts": a.artifacts, "host": a.host, "port": a.port,
+                                 "threads": a.threads or None}  # 0: SERVICE_THREADS, else auto
     serve(overrides, workers=a.workers)  # docs/SERVING.md: workers, metrics, memory
     return 0
 
@@ -207,6 +209,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--host")
     s.add_argument("--port", type=int)
     s.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (docs/SERVING.md)")
+    add_threads_arg(s, help="CPU threads of all workers together (0: SERVICE_THREADS, else the CPUs this "
+                    "process may use)")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("eval", help="evaluate a version (published or not) against judgments")
@@ -216,6 +220,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--min-relevant", type=float, help="relevance counted as relevant (default: above the lowest grade)")
     s.add_argument("--device", default="auto")
     s.add_argument("--out", type=Path, help="also write the JSON here")
+    add_threads_arg(s)
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("publish", help="point DIR/current at VERSION (roll forward or back)")
@@ -238,6 +243,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    if getattr(args, "threads", None) is not None and args.command != "serve":  # serve: service/workers.py
+        from service.cpu_budget import configure_threads
+
+        configure_threads(args.threads)  # before the command imports torch and numpy
     try:
         return int(args.func(args))
     except (ValueError, OSError, RuntimeError) as e:

@@ -17,6 +17,18 @@ from pathlib import Path
 from typing import Any
 
 
+def threads_count(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{n}: 0 (the CPUs this process may use) or N > 0")
+    return n
+
+
+def add_threads_arg(p: argparse.ArgumentParser, help: str = "CPU threads of every pool (torch, OpenMP, BLAS, "
+                    "faiss); 0: the CPUs this process may use (affinity, cgroup quota; docs/PERFORMANCE.md)") -> None:
+    p.add_argument("--threads", type=threads_count, default=0, help=help)
+
+
 def add_index_choice_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-budget-gb", type=float, help="index memory per replica: picks a smaller family if needed")
     p.add_argument("--target-ann-recall", type=float, default=0.95, help="tune nprobe/efSearch to this ANN recall")
@@ -158,6 +170,7 @@ def add_index_commands(sub: Any) -> None:
     s.add_argument("--shard", default="0/1", help="i/n: contiguous rows [i*N//n, (i+1)*N//n) of the catalog")
     s.add_argument("--device", help="default: the run's")
     s.add_argument("--no-progress", action="store_true")
+    add_threads_arg(s)
     s.set_defaults(func=cmd_embed)
 
     s = sub.add_parser("index", help="merge a run's shards, build + tune the index, evaluate, write a version")
@@ -173,6 +186,7 @@ def add_index_commands(sub: Any) -> None:
     s.add_argument("--min-recall-at-100", type=float)
     s.add_argument("--min-ann-recall", type=float)
     s.add_argument("--device", help="for the query tower (tuning, evaluation); default: the run's")
+    add_threads_arg(s)
     s.set_defaults(func=cmd_index)
 
     s = sub.add_parser("update-index", help="upsert/delete listings with the current towers; publish a new version")
@@ -189,6 +203,7 @@ def add_index_commands(sub: Any) -> None:
     s.add_argument("--columns")
     s.add_argument("--min-ann-recall", type=float)
     s.add_argument("--no-progress", action="store_true")
+    add_threads_arg(s)
     s.set_defaults(func=cmd_update_index)
 
     s = sub.add_parser("deny", help="hide listings at once on every replica (DIR/denylist.txt)")

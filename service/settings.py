@@ -34,11 +34,14 @@ class Settings(BaseSettings):
                                            "1,024 queries x 1M rows)")
     torch_mask_cache: int = Field(16, ge=1, le=4096, description="torch-cuda: distinct filter masks kept on the "
                                   "device (n bytes each), so a repeated filter costs no host->device copy")
-    torch_threads: int = Field(0, ge=0, description="intra-op threads for the CPU encoder (0: torch default)")
+    threads: int = Field(0, ge=0, description="CPU threads of every pool of the server (torch, OpenMP, BLAS, faiss, "
+                         "onnxruntime), all workers together (0: the CPUs this process may use: affinity and cgroup "
+                         "quota; service/cpu_budget.py)")
+    torch_threads: int = Field(0, ge=0, description="intra-op threads for the CPU encoder (0: the threads budget)")
     encoder_backend: str = Field("auto", description="auto | torch | onnx | int8: the query encoder's runtime "
                                  "(auto: torch + CUDA graphs on GPU, the measured fastest on CPU; docs/SERVING.md)")
     search_threads: int = Field(1, ge=0, description="faiss OpenMP threads in the search worker thread (0: "
-                                "faiss default, all cores); 1 keeps OpenMP's spinning threads off the cores that "
+                                "faiss default, the threads budget); 1 keeps OpenMP's spinning threads off the cores that "
                                 "the event loop and the encoder need (2.5x faster p50 on 2 cores, PERFORMANCE.md)")
     search_blas_threshold: int = Field(4, ge=1, description="faiss runs exact/IVF-Flat scans of this many queries "
                                        "or more as one BLAS matrix product (faiss' own default, 128000, scans query by "

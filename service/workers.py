@@ -11,9 +11,11 @@ answers it, the poller brings the others along), keeps its own result cache, wri
 log (`{pid}` in the path is required, so the files do not interleave). What they share: the page
 cache of the memory-mapped vectors.npy and the Prometheus multi-process folder: the CLI points
 PROMETHEUS_MULTIPROC_DIR at an empty folder (a fresh temporary one unless set) before the workers
-start, and /metrics on any worker reports all of them. CPU threads: each worker gets
-`cpu_count // N` intra-op threads unless SERVICE_TORCH_THREADS says otherwise, so N workers do not
-oversubscribe the cores. docs/SERVING.md has the memory cost per worker.
+start, and /metrics on any worker reports all of them. CPU threads: the server's budget
+(SERVICE_THREADS, else the CPUs the process may use: affinity and cgroup quota, service/cpu_budget.py)
+is split between the N workers, budget // N each, so they do not oversubscribe the cores; every
+pool of a worker (torch, OpenMP, BLAS, faiss, onnxruntime) is sized to its share before the model
+loads. docs/SERVING.md has the memory cost per worker.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from service.cpu_budget import configure_threads, cpu_budget
 from service.logctx import configure_logging
 from service.settings import Settings
 
@@ -40,10 +43,12 @@ log = logging.getLogger("service.workers")
 
 def app_from_env() -> Any:
     """uvicorn factory for worker processes: settings from SERVICE_* variables."""
-    from service.app import create_app
-
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
+    configure_threads(settings.threads)  # this worker's share (worker_environment), before the model loads
+
+    from service.app import create_app
+
     return create_app(settings)
 
 
@@ -62,15 +67,15 @@ def prepare_multiprocess_dir() -> tuple[Path, bool]:
     return path, True
 
 
-def worker_environment(overrides: dict[str, Any], workers: int, cpu_count: int,
+def worker_environment(overrides: dict[str, Any], workers: int, threads: int,
                        environ: dict[str, str]) -> dict[str, str]:
     """The SERVICE_* variables the N worker processes need (settings given on the command line, and
-    intra-op threads split between workers); refuses a configuration that workers cannot share."""
+    the server's `threads` budget split between them: SERVICE_THREADS is each worker's share);
+    refuses a configuration that workers cannot share."""
     if workers < 2:
         raise ValueError(f"--workers: {workers} needs no worker environment")
     env = {f"SERVICE_{k.upper()}": str(v) for k, v in overrides.items() if v is not None}
-    if not environ.get("SERVICE_TORCH_THREADS") and "SERVICE_TORCH_THREADS" not in env:
-        env["SERVICE_TORCH_THREADS"] = str(max(1, cpu_count // workers))
+    env["SERVICE_THREADS"] = str(max(1, threads // workers))
     log_path = env.get("SERVICE_QUERY_LOG", environ.get("SERVICE_QUERY_LOG", ""))
     if log_path and "{pid}" not in log_path:
         raise ValueError(f"query_log: {log_path} would be shared by {workers} workers; put {{pid}} in the path "
@@ -162,17 +167,21 @@ def serve(overrides: dict[str, Any], workers: int = 1) -> None:
         raise ValueError(f"--workers: must be >= 1, got {workers}")
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if workers == 1:
-        from service.app import create_app
-
         settings = Settings(**overrides)
         configure_logging(settings.log_level, settings.log_format)
+        configure_threads(settings.threads)  # before service.app imports torch, faiss, onnxruntime
+
+        from service.app import create_app
+
         use_batch_scheduling(settings.sched_batch, settings.sched_slice_us)
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
                     access_log=False, timeout_graceful_shutdown=10, log_config=None)
         return
-    os.environ.update(worker_environment(overrides, workers, os.cpu_count() or 1, dict(os.environ)))
+    total = cpu_budget(Settings(**overrides).threads)  # all the workers together
+    os.environ.update(worker_environment(overrides, workers, total.threads, dict(os.environ)))
     settings = Settings()  # what every worker will read: fail here, once, on a bad value
     configure_logging(settings.log_level, settings.log_format)
+    configure_threads(settings.threads, pools=False)  # OMP_NUM_THREADS & co. for the workers it spawns
     use_batch_scheduling(settings.sched_batch, settings.sched_slice_us)  # the supervisor: the workers it spawns inherit it
     metrics_dir, ours = prepare_multiprocess_dir()
     try:

@@ -22,10 +22,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_worker_environment_exports_settings_and_splits_threads() -> None:
-    env = worker_environment({"artifacts": Path("/a"), "port": 9000, "host": None}, 2, 8, {})
-    assert env == {"SERVICE_ARTIFACTS": "/a", "SERVICE_PORT": "9000", "SERVICE_TORCH_THREADS": "4"}
+    env = worker_environment({"artifacts": Path("/a"), "port": 9000, "host": None, "threads": 8}, 2, 8, {})
+    assert env == {"SERVICE_ARTIFACTS": "/a", "SERVICE_PORT": "9000", "SERVICE_THREADS": "4"}  # each worker's share
     assert "SERVICE_TORCH_THREADS" not in worker_environment({}, 4, 2, {"SERVICE_TORCH_THREADS": "2"})
-    assert worker_environment({}, 4, 2, {})["SERVICE_TORCH_THREADS"] == "1"
+    assert worker_environment({}, 4, 2, {})["SERVICE_THREADS"] == "1"
     with pytest.raises(ValueError, match=r"\{pid\}"):
         worker_environment({}, 2, 2, {"SERVICE_QUERY_LOG": "/var/log/q.jsonl"})
     assert worker_environment({}, 2, 2, {"SERVICE_QUERY_LOG": "/var/log/q-{pid}.jsonl"})
