@@ -160,3 +160,20 @@ def test_eval_of_positives_only_judgments_is_not_nan(tiny_build, tiny_sample: Pa
     for key in ("recall@10", "recall@100", "ndcg@10", "mrr@10"):
         assert metrics[key] == metrics[key] and 0 <= metrics[key] <= 1, key  # not NaN
     assert metrics["recall@500"] > 0
+
+
+def test_forced_reload_that_cannot_be_recorded_is_refused(artifacts_copy: Path, tiny_build, monkeypatch) -> None:
+    import index.artifacts as artifacts
+
+    store = ArtifactStore(artifacts_copy)
+    name = held_back(store, tiny_build.version)
+    with TestClient(create_app(Settings(artifacts=artifacts_copy, reload_poll_s=0, admin_token="s3cret"))) as c:
+        wait_ready(c)
+
+        def read_only(*_: object) -> None:
+            raise OSError(30, "Read-only file system")
+
+        monkeypatch.setattr(artifacts, "write_atomic", read_only)  # a replica's read-only mount
+        r = c.post("/admin/reload", json={"version": name, "force": True}, headers=AUTH)
+        assert r.status_code == 409 and f"service publish {name} --force" in r.json()["message"]
+        assert c.get("/readyz").json()["index_version"] == tiny_build.version
