@@ -246,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "threads", None) is not None and args.command != "serve":  # serve: service/workers.py
         from service.cpu_budget import configure_threads
 
-        configure_threads(args.threads)  # before the command imports torch and numpy
+        configure_threads(args.threads, passive=True)  # before the command imports torch and numpy
     try:
         return int(args.func(args))
     except (ValueError, OSError, RuntimeError) as e:

@@ -18,11 +18,14 @@ workers) call `configure_threads` first, before torch or numpy are imported:
 - OMP_NUM_THREADS, MKL_NUM_THREADS, OPENBLAS_NUM_THREADS, ... are set to it (a value already in
   the environment is replaced: `--threads` / SERVICE_THREADS is the one place to choose), so the
   pools that read them when their library loads are sized right;
-- when the budget is below the machine's CPUs (the process shares the machine by construction),
-  OMP_WAIT_POLICY=PASSIVE and KMP_BLOCKTIME=0: an idle OpenMP thread sleeps at once instead of
-  spinning for a while, so it gives its core back to the thread the region is waiting for. An
-  OMP_WAIT_POLICY already in the environment is kept: that is how to ask for it (or against it)
-  in any case;
+- OMP_WAIT_POLICY=PASSIVE and KMP_BLOCKTIME=0: an idle OpenMP thread sleeps at once instead of
+  spinning for a while, so it gives its core back to the thread the region is waiting for. The
+  server does so when its budget is below the machine's CPUs (it shares the machine by
+  construction; a latency-bound server alone on its cores keeps the spin); the build commands
+  always do: a build is a batch job of large operations, where a sleeping thread's wake-up is
+  noise, and two builds on one machine each see all the cores, so the rule above would not catch
+  the case that costs the most (docs/PERFORMANCE.md). An OMP_WAIT_POLICY already in the
+  environment is kept: that is how to ask for or against it in any case;
 - then torch.set_num_threads / set_num_interop_threads and faiss.omp_set_num_threads (this thread;
   the environment covers the others). onnxruntime sessions take torch.get_num_threads().
 """
@@ -156,11 +159,13 @@ def cpu_budget(override: int = 0, share: int = 1, *, affinity: int | None = None
     return CpuBudget(threads, source, affinity, quota, machine)
 
 
-def thread_environment(budget: CpuBudget, environ: MutableMapping[str, str]) -> dict[str, str]:
-    """The variables to set for `budget` (pure): the pool sizes, and the passive wait policy when the
-    budget is below the machine's CPUs unless OMP_WAIT_POLICY is already in `environ`."""
+def thread_environment(budget: CpuBudget, environ: MutableMapping[str, str],
+                       passive: bool | None = None) -> dict[str, str]:
+    """The variables to set for `budget` (pure): the pool sizes, and the passive wait policy when
+    `passive` (None: when the budget is below the machine's CPUs), unless OMP_WAIT_POLICY is
+    already in `environ`."""
     env = dict.fromkeys(THREAD_ENV, str(budget.threads))
-    if budget.passive and "OMP_WAIT_POLICY" not in environ:
+    if (budget.passive if passive is None else passive) and "OMP_WAIT_POLICY" not in environ:
         env.update(PASSIVE_ENV)
     return env
 
@@ -179,16 +184,21 @@ def size_pools(threads: int) -> None:
 
 
 def configure_threads(override: int = 0, share: int | None = None, environ: MutableMapping[str, str] | None = None,
-                      pools: bool = True) -> CpuBudget:
+                      pools: bool = True, passive: bool | None = None) -> CpuBudget:
     """Size every pool of this process to its CPU budget (module docstring). Call it first, before
     torch and numpy are imported. `share`: processes splitting the budget (default: torchrun's
     LOCAL_WORLD_SIZE when the budget is automatic; an explicit `override` is this process's own).
-    `pools=False` sets the environment only (a supervisor whose child processes do the work)."""
+    `pools=False` sets the environment only (a supervisor whose child processes do the work);
+    `passive`: OpenMP's passive wait always (True: the build commands) or by the rule (None)."""
     environ = os.environ if environ is None else environ
     if share is None:
         share = 1 if override else int(environ.get("LOCAL_WORLD_SIZE", "1") or 1)
     budget = cpu_budget(override, share)
-    env = thread_environment(budget, environ)
+    env = thread_environment(budget, environ, passive)
+    replaced = {k: environ[k] for k in THREAD_ENV if environ.get(k) not in (None, env[k])}
+    if replaced:
+        log.info("thread environment: replacing %s (use --threads / SERVICE_THREADS to choose)",
+                 ", ".join(f"{k}={v}" for k, v in replaced.items()))
     environ.update(env)
     if pools:
         size_pools(budget.threads)

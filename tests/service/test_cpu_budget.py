@@ -93,6 +93,8 @@ def test_environment_sizes_the_pools_and_waits_passively_only_when_sharing(tmp_p
     assert "OMP_WAIT_POLICY" not in thread_environment(shared, {"OMP_WAIT_POLICY": "ACTIVE"})  # asked: kept
     whole = thread_environment(cpu_budget(affinity=2, machine=2, proc_cgroup=none), {})
     assert whole["OMP_NUM_THREADS"] == "2" and "OMP_WAIT_POLICY" not in whole
+    assert thread_environment(cpu_budget(affinity=2, machine=2, proc_cgroup=none), {}, passive=True)[
+        "OMP_WAIT_POLICY"] == "PASSIVE"  # the build commands ask for it
 
 
 PROBE = """
@@ -153,6 +155,7 @@ def test_build_index_on_one_cpu_runs_one_thread_per_pool(tmp_path: Path) -> None
 def test_train_threads_option_overrides_the_budget(tmp_path: Path) -> None:
     got = run_on_one_cpu(["train", *BUILD, "--threads", "3"], tmp_path)
     assert (got["torch"], got["faiss"], got["faiss_other_thread"], got["env"]["OMP_NUM_THREADS"]) == (3, 3, 3, "3")
+    assert got["env"]["OMP_WAIT_POLICY"] == "PASSIVE"  # a build waits passively whatever its budget
 
 
 @needs_affinity
