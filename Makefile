@@ -20,6 +20,8 @@ PORT ?= $(or $(SERVICE_PORT),8000)
 # The demo's build trains a short schedule so that it serves within minutes on 2 cores; the full
 # default (4 epochs) is `make demo DEMO_EPOCHS=4` after `rm -rf var/artifacts`, or `service build-index`.
 DEMO_EPOCHS ?= 2
+# The demo records POST /events here; `service build-index --interactions $(DEMO_EVENTS)` learns from it.
+DEMO_EVENTS ?= var/log/events.jsonl
 
 .PHONY: install demo test lint lint-deploy bench-search clean
 
@@ -41,7 +43,7 @@ $(DEMO_ARTIFACTS)/current: $(DEMO_DATA)/catalog.jsonl
 		--epochs $(DEMO_EPOCHS) --artifacts $(DEMO_ARTIFACTS)
 
 demo: $(STAMP) $(DEMO_ARTIFACTS)/current
-	SERVICE_IMAGE_ROOT=$(DEMO_DATA) $(BIN)/service serve --artifacts $(DEMO_ARTIFACTS) --host $(HOST) --port $(PORT)
+	SERVICE_IMAGE_ROOT=$(DEMO_DATA) SERVICE_EVENTS_LOG=$(DEMO_EVENTS) $(BIN)/service serve --artifacts $(DEMO_ARTIFACTS) --host $(HOST) --port $(PORT)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

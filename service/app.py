@@ -31,11 +31,12 @@ from service.disconnect import CancelOnDisconnect
 from service.docs_ui import add_offline_docs
 from service.engine import Engine, LoadedVersion, SearchRequest, artifacts_current
 from service.errors import ServiceError, error_body, http_error_code, public_message, status_of
+from service.events import router as events_router
 from service.images import ImageRefs
 from service.images import router as images_router
 from service.metrics import Metrics
 from service.middleware import RequestMiddleware
-from service.querylog import QueryLog
+from service.querylog import EventLog, QueryLog
 from service.routes import router
 from service.settings import Settings
 from service.state import ServiceState
@@ -175,7 +176,11 @@ def create_app(settings: Settings) -> FastAPI:
         await batcher.start()
         if settings.query_log is not None:  # opened per process: each worker writes its own file
             state.query_log = QueryLog(query_log_path(settings.query_log), redact=settings.query_log_redact,
-                                       max_bytes=settings.query_log_max_bytes, backups=settings.query_log_backups)
+                                       max_bytes=settings.query_log_max_bytes, backups=settings.query_log_backups,
+                                       on_drop=metrics.querylog_dropped.inc)
+        if settings.events_log is not None:  # POST /events (service/events.py); per process as the query log
+            state.events_log = EventLog(query_log_path(settings.events_log), max_bytes=settings.events_log_max_bytes,
+                                        backups=settings.events_log_backups)
         wake = asyncio.Event()
         app.state.wake = wake
         loop = asyncio.get_running_loop()
@@ -197,8 +202,9 @@ def create_app(settings: Settings) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await deny_follower
             await batcher.stop()
-            if state.query_log is not None:
-                await asyncio.to_thread(state.query_log.close)
+            for writer in (state.query_log, state.events_log):
+                if writer is not None:
+                    await asyncio.to_thread(writer.close)
             metrics.process_exit()
             with contextlib.suppress(ValueError, NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(signal.SIGHUP)
@@ -214,6 +220,7 @@ def create_app(settings: Settings) -> FastAPI:
     add_offline_docs(app)  # /docs and /redoc with local assets (FastAPI's default loads them from a CDN)
     app.state.svc = state
     app.include_router(router)
+    app.include_router(events_router)
 
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> Response:

@@ -29,7 +29,8 @@ def _add_build_args(p: argparse.ArgumentParser, artifacts: bool = True) -> None:
     p.add_argument("--catalog", required=True, type=Path, help="catalog .jsonl, .csv or .parquet")
     if artifacts:
         p.add_argument("--artifacts", required=True, type=Path, help="artifact folder DIR")
-    p.add_argument("--interactions", type=Path, help="interactions.jsonl (query, item_id, weight)")
+    p.add_argument("--interactions", type=Path, help="interactions.jsonl (query, item_id, weight), or the events "
+                   "log of POST /events (detected by its action field; docs/DATA.md)")
     p.add_argument("--judgments", type=Path, help="judgments.jsonl: evaluate before publishing")
     p.add_argument("--objective", default="ft", choices=["ft", "clip", "oat", "pmrl", "ft-allpairs"])
     p.add_argument("--epochs", type=int, default=4)
@@ -96,8 +97,9 @@ def cmd_build_index(a: argparse.Namespace) -> int:
 def describe_build(inputs: dict[str, Any]) -> list[str]:
     """The build report's inputs as console lines (stderr; stdout stays the JSON summary)."""
     from model.catalog import describe_load
+    from model.interactions import describe_events
 
-    lines = describe_load(inputs.get("catalog", {}))
+    lines = describe_load(inputs.get("catalog", {})) + describe_events(inputs.get("interactions") or {})
     for view, info in sorted((inputs.get("encoder_truncated") or {}).items()):
         if isinstance(info, dict) and info.get("truncated"):
             lines.append(f"encoder: {view}: {info['truncated']:,} of {info.get('listings', 0):,} listings longer than "

@@ -40,6 +40,9 @@ class Metrics:
         self.cache_entries = Gauge("search_cache_entries", "Entries in the result cache", registry=r,
                                    multiprocess_mode="livesum")
         self.querylog_dropped = Counter("query_log_dropped", "Query log lines dropped (writer behind)", registry=r)
+        self.events = Counter("events_recorded", "Shopper events accepted by POST /events", ["action"], registry=r)
+        self.events_refused = Counter("events_refused", "POST /events bodies refused (429): the events log writer "
+                                      "was behind", registry=r)
 
     def set_served(self, model_version: str, index_version: str, encoder: str, placement: str, items: int) -> None:
         previous = getattr(self, "_served", None)

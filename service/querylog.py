@@ -1,4 +1,5 @@
-"""The optional query log: one JSON line per answered search, written off the hot path.
+"""The optional query log (one JSON line per answered search) and events log (one per shopper
+event, POST /events), written off the hot path by one writer class (`JsonlWriter`).
 
 A request only appends a tuple to a bounded in-memory queue (`record`, a few hundred ns); a writer
 thread turns it into JSON, hashes the query when `redact` is on, appends it to the file and rotates
@@ -16,6 +17,8 @@ with the storefront's click events (`{"request_id", "item_id"}` per line) it bec
         --out var/next/interactions.jsonl
 
 A redacted log cannot be converted (the query text is gone); that is the point of redacting.
+The events log needs no join: its lines carry the query, and `service build-index --interactions`
+reads it directly (model/interactions.py: duplicates and bots filtered, actions weighted).
 """
 
 from __future__ import annotations
@@ -30,12 +33,17 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("service.querylog")
 _STOP = object()
+
+
+def iso_ts(ts: float) -> str:
+    """A time.time() as the logs write it: UTC ISO 8601 with milliseconds."""
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds")
 
 
 def filters_json(f: Any) -> dict[str, Any] | None:
@@ -54,46 +62,40 @@ def filters_json(f: Any) -> dict[str, Any] | None:
     return out
 
 
-class QueryLog:
-    def __init__(self, path: str | Path, *, redact: bool = False, max_bytes: int = 64 << 20, backups: int = 5,
-                 max_queue: int = 10_000, flush_s: float = 1.0) -> None:
+class JsonlWriter:
+    """A bounded queue drained by one writer thread into a size-rotated JSONL file. Subclasses say
+    how a queued item becomes a line (`_line`); `put` never blocks (a full queue drops and counts,
+    and calls `on_drop`, e.g. a Prometheus counter's `inc`)."""
+
+    kind = "log"  # names the thread and the messages
+
+    def __init__(self, path: str | Path, *, max_bytes: int = 64 << 20, backups: int = 5,
+                 max_queue: int = 10_000, flush_s: float = 1.0, on_drop: Callable[[], Any] | None = None) -> None:
         if max_bytes < 1024 or backups < 0 or max_queue < 1:
-            raise ValueError(f"query log: need max_bytes >= 1024, backups >= 0, max_queue >= 1; "
+            raise ValueError(f"{self.kind}: need max_bytes >= 1024, backups >= 0, max_queue >= 1; "
                              f"got {max_bytes}, {backups}, {max_queue}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.redact, self.max_bytes, self.backups, self.flush_s = redact, max_bytes, backups, flush_s
+        self.max_bytes, self.backups, self.flush_s, self.on_drop = max_bytes, backups, flush_s, on_drop
         self._queue: queue.Queue[Any] = queue.Queue(max_queue)
         self.written = self.dropped = 0
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
-        self._thread = threading.Thread(target=self._writer, name="query-log", daemon=True)
+        self._thread = threading.Thread(target=self._writer, name=self.kind.replace(" ", "-"), daemon=True)
         self._thread.start()
 
-    def record(self, request_id: str, query: str, k: int, offset: int, filters: Any,
-               ids: Sequence[str], model_version: str, index_version: str, latency_ms: float,
-               cached: bool, mode: str | None = None) -> None:
-        """Hot path: enqueue the raw fields (serialised later, in the writer thread). `mode`: the
-        search mode that answered (dense / lexical / hybrid; dense on a fallback)."""
-        item = (time.time(), request_id, query, k, offset, filters, list(ids), model_version, index_version,
-                latency_ms, cached, mode)
+    def put(self, item: Any) -> bool:
+        """Hot path: enqueue (serialised later, in the writer thread); False when dropped."""
         try:
             self._queue.put_nowait(item)
         except queue.Full:
             self.dropped += 1
+            if self.on_drop is not None:
+                self.on_drop()
+            return False
+        return True
 
-    def _line(self, item: tuple) -> str:
-        ts, rid, query, k, offset, filters, ids, mv, iv, ms, cached, mode = item
-        row: dict[str, Any] = {"ts": dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds"),
-                               "request_id": rid}
-        if self.redact:
-            row["query_sha256"] = hashlib.sha256(query.encode("utf-8")).hexdigest()
-        else:
-            row["query"] = query
-        row |= {"k": k, "offset": offset, "filters": filters_json(filters), "results": ids, "model_version": mv,
-                "index_version": iv, "latency_ms": round(ms, 3), "cached": cached}
-        if mode is not None:
-            row["mode"] = mode
-        return json.dumps(row, ensure_ascii=False) + "\n"
+    def _line(self, item: Any) -> str:
+        raise NotImplementedError
 
     def _rotate(self) -> None:
         self._file.close()
@@ -128,7 +130,7 @@ class QueryLog:
                 if self._queue.empty():
                     self._file.flush()
             except Exception:  # noqa: BLE001 - a bad record or a full disk must not kill the writer
-                log.exception("query log: could not write a line")
+                log.exception("%s: could not write a line", self.kind)
         self._file.flush()
         self._file.close()
 
@@ -139,9 +141,61 @@ class QueryLog:
         try:
             self._queue.put(_STOP, timeout=timeout_s)
         except queue.Full:  # pragma: no cover - writer stuck
-            log.error("query log: writer did not drain; %d lines may be lost", self._queue.qsize())
+            log.error("%s: writer did not drain; %d lines may be lost", self.kind, self._queue.qsize())
             return
         self._thread.join(timeout_s)
+
+
+class QueryLog(JsonlWriter):
+    kind = "query log"
+
+    def __init__(self, path: str | Path, *, redact: bool = False, **kw: Any) -> None:
+        self.redact = redact
+        super().__init__(path, **kw)
+
+    def record(self, request_id: str, query: str, k: int, offset: int, filters: Any,
+               ids: Sequence[str], model_version: str, index_version: str, latency_ms: float,
+               cached: bool, mode: str | None = None) -> None:
+        """Hot path: enqueue the raw fields (serialised later, in the writer thread). `mode`: the
+        search mode that answered (dense / lexical / hybrid; dense on a fallback)."""
+        self.put((time.time(), request_id, query, k, offset, filters, list(ids), model_version, index_version,
+                  latency_ms, cached, mode))
+
+    def _line(self, item: tuple) -> str:
+        ts, rid, query, k, offset, filters, ids, mv, iv, ms, cached, mode = item
+        row: dict[str, Any] = {"ts": iso_ts(ts), "request_id": rid}
+        if self.redact:
+            row["query_sha256"] = hashlib.sha256(query.encode("utf-8")).hexdigest()
+        else:
+            row["query"] = query
+        row |= {"k": k, "offset": offset, "filters": filters_json(filters), "results": ids, "model_version": mv,
+                "index_version": iv, "latency_ms": round(ms, 3), "cached": cached}
+        if mode is not None:
+            row["mode"] = mode
+        return json.dumps(row, ensure_ascii=False) + "\n"
+
+
+class EventLog(JsonlWriter):
+    """Shoppers' events from POST /events, one line each: ts, request_id, session_id (when sent),
+    query, item_id, action. A body's events are one queued item, so a body is written whole or,
+    when the queue is full, refused whole (`record` -> False; the route answers 429)."""
+
+    kind = "events log"
+
+    def record(self, events: Sequence[tuple[str, str, str, str, str | None]]) -> bool:
+        """Hot path: enqueue (query, item_id, action, request_id, session_id) tuples."""
+        return self.put((time.time(), list(events)))
+
+    def _line(self, item: tuple) -> str:
+        ts, events = item
+        out = []
+        for query, item_id, action, rid, sid in events:
+            row: dict[str, Any] = {"ts": iso_ts(ts), "request_id": rid}
+            if sid is not None:
+                row["session_id"] = sid
+            row |= {"query": query, "item_id": item_id, "action": action}
+            out.append(json.dumps(row, ensure_ascii=False) + "\n")
+        return "".join(out)
 
 
 # ---------------------------------------------------------------------- conversion

@@ -63,17 +63,23 @@ def search_options(state: ServiceState, mode: str | None, fusion: str | None, rr
         raise InvalidRequest(str(e)) from None
 
 
+def check_query(query: str, max_chars: int, name: str = "query") -> str:
+    """The query with its whitespace collapsed, or InvalidRequest naming `name` (422)."""
+    text = " ".join(query.split())
+    if not any(ch.isprintable() and not ch.isspace() for ch in text):  # "", "   ", "\x00", "\u200b"
+        raise InvalidRequest(f"{name}: must not be empty (it has no visible character)")
+    if len(query) > max_chars:
+        raise InvalidRequest(f"{name}: {len(query)} characters, the limit is {max_chars}")
+    if not text.isascii() and any("\ud800" <= ch <= "\udfff" for ch in text):  # JSON "\ud800": not Unicode text
+        raise InvalidRequest(f"{name}: contains an unpaired surrogate (not valid Unicode)")
+    return text
+
+
 def to_request(state: ServiceState, query: str, k: int, offset: int, filters: SearchFilters | None,
                mode: str | None = None, fusion: FusionSpec | None = None) -> SearchRequest:
     """Validate against the configured limits (422 with a message naming the field)."""
     s = state.settings
-    text = " ".join(query.split())
-    if not any(ch.isprintable() and not ch.isspace() for ch in text):  # "", "   ", "\x00", "\u200b"
-        raise InvalidRequest("query: must not be empty (it has no visible character)")
-    if len(query) > s.max_query_chars:
-        raise InvalidRequest(f"query: {len(query)} characters, the limit is {s.max_query_chars}")
-    if not text.isascii() and any("\ud800" <= ch <= "\udfff" for ch in text):  # JSON "\ud800": not Unicode text
-        raise InvalidRequest("query: contains an unpaired surrogate (not valid Unicode)")
+    text = check_query(query, s.max_query_chars)
     if not 1 <= k <= s.max_k:
         raise InvalidRequest(f"k: {k} is outside 1..{s.max_k}")
     if not 0 <= offset <= s.max_offset:

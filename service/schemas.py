@@ -7,11 +7,13 @@ from typing import Annotated, Literal
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     StrictBool,
     StrictFloat,
     StrictInt,
     StrictStr,
+    Tag,
     field_validator,
 )
 
@@ -120,3 +122,35 @@ class DenyBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     ids: list[StrictStr] = Field(min_length=1, max_length=10_000, description="listing ids to hide (or show again)")
     remove: bool = Field(False, description="take the ids off the deny-list instead")
+
+
+# The actions POST /events takes; their training weights are model.interactions.ACTION_WEIGHTS.
+Action = Literal["click", "add_to_cart", "purchase"]
+MAX_EVENT_ID_CHARS = 128  # item_id, request_id, session_id (X-Request-ID is at most 128 too)
+
+
+class EventBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    query: StrictStr = Field(description="the query of the search that showed the listing (max_query_chars)")
+    item_id: StrictStr = Field(min_length=1, max_length=MAX_EVENT_ID_CHARS, description="the listing acted on")
+    action: Action = Field(description="click | add_to_cart | purchase")
+    request_id: StrictStr = Field(min_length=1, max_length=MAX_EVENT_ID_CHARS,
+                                  description="the X-Request-ID of the search that showed the listing")
+    session_id: StrictStr | None = Field(None, min_length=1, max_length=MAX_EVENT_ID_CHARS,
+                                         description="the shopper's session, when the storefront has one")
+
+
+def _one_or_many(v: object) -> str:
+    return "events" if isinstance(v, list) else "event"
+
+
+# One event, or a list of them (at most events_max_batch). Discriminated by shape, so a bad field
+# is reported once, at its place (`event.action`, `events.3.query`), not once per union member.
+EventsBody = Annotated[
+    Annotated[EventBody, Tag("event")] | Annotated[list[EventBody], Field(min_length=1), Tag("events")],
+    Discriminator(_one_or_many),
+]
+
+
+class EventsAccepted(BaseModel):
+    accepted: int = Field(description="events queued for the events log")

@@ -100,6 +100,13 @@ class Settings(BaseSettings):
     query_log_redact: bool = Field(False, description="log the query's sha256 instead of its text")
     query_log_max_bytes: int = Field(64 << 20, ge=1024, description="rotate the query log at this size")
     query_log_backups: int = Field(5, ge=0, description="rotated query log files kept (path.1 .. path.N)")
+    events_log: Path | None = Field(None, description="POST /events appends shoppers' clicks, carts and purchases "
+                                    "here, one JSON line each, the training input of the next build (unset: POST "
+                                    "/events answers 404); `{pid}` as in query_log")
+    events_log_max_bytes: int = Field(64 << 20, ge=1024, description="rotate the events log at this size")
+    events_log_backups: int = Field(5, ge=0, description="rotated events log files kept (path.1 .. path.N)")
+    events_max_batch: int = Field(50, ge=1, le=10_000, description="events in one POST /events body (413 above; "
+                                  "max_body_bytes applies too)")
 
     # --- warm-up and logs
     warmup_queries: int = Field(16, ge=0)

@@ -11,7 +11,7 @@ from service.batcher import MicroBatcher
 from service.cache import ResultCache
 from service.engine import Engine
 from service.metrics import Metrics
-from service.querylog import QueryLog
+from service.querylog import EventLog, QueryLog
 from service.settings import Settings
 
 
@@ -28,6 +28,7 @@ class ServiceState:
     background: list = field(default_factory=list)
     cache: ResultCache = field(default_factory=lambda: ResultCache(0))  # off unless create_app sets one
     query_log: QueryLog | None = None
+    events_log: EventLog | None = None  # POST /events writes here (settings.events_log)
 
 
 async def get_state(request: Request) -> ServiceState:

@@ -22,7 +22,8 @@ def hard_artifacts(tiny_build, tmp_path_factory: pytest.TempPathFactory) -> Path
 @pytest.fixture(scope="module")
 def hard_client(hard_artifacts: Path) -> Iterator[TestClient]:
     settings = Settings(artifacts=hard_artifacts, reload_poll_s=0, denylist_poll_s=0, admin_token=TOKEN,
-                        cache_size=0, warmup_queries=1, encoder_backend="torch", **LIMITS)
+                        cache_size=0, warmup_queries=1, encoder_backend="torch",
+                        events_log=hard_artifacts.parent / "events.jsonl", **LIMITS)
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
         wait_ready(c)
         yield c

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
 OPERATIONS = [("POST", "/search"), ("GET", "/search"), ("GET", "/healthz"), ("GET", "/readyz"),
-              ("GET", "/metrics"), ("POST", "/admin/reload"), ("POST", "/admin/deny")]
+              ("GET", "/metrics"), ("POST", "/admin/reload"), ("POST", "/admin/deny"), ("POST", "/events")]
 NO_INPUT = {"/healthz", "/readyz", "/metrics"}
 CHECKS = [schemathesis.checks.not_a_server_error, schemathesis.checks.response_schema_conformance,
           schemathesis.checks.content_type_conformance]
