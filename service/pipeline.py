@@ -332,14 +332,14 @@ def index_and_evaluate(vectors: np.ndarray, ids: Sequence[str], inputs: Inputs, 
     lexical = LexicalIndex.build(docs) if opts.lexical else None
     metrics = evaluate_stage(built, vectors, ids, lambda qs: embed_queries(model, tokenizer, qs, device),
                              inputs.judgments, opts, lexical)
+    if inputs.judgments is not None:
+        metrics["judged_queries_in_training_excluded"] = inputs.reports["judgments"]["in_training"]["queries"]
     timings["eval_s"] = time.perf_counter() - t
     return Indexed(built, qvecs, docs, lexical, metrics)
 
 
 # The metrics whose NaN fails the gate (a mean over no query: nothing was measured).
 GATED_METRIC = re.compile(r"^(?:recall|ndcg|mrr|ann_recall)@\d+$")
-    if inputs.judgments is not None:
-        metrics["judged_queries_in_training_excluded"] = inputs.reports["judgments"]["in_training"]["queries"]
 
 
 def gate(metrics: dict[str, Any], opts: BuildOptions) -> list[str]:
