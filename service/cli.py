@@ -184,8 +184,61 @@ def cmd_experiment(a: argparse.Namespace) -> int:
     return 0
 
 
+# `service CMD --help` ends with these (the commands as README and docs/OPERATIONS.md write them).
+EXAMPLES = {
+    "sample-catalog": "service sample-catalog --out var/sample --items 2000",
+    "build-index": "service build-index --catalog var/sample/catalog.jsonl --interactions var/sample/interactions.jsonl \\\n"
+                   "    --judgments var/sample/judgments.jsonl --artifacts var/artifacts\n"
+                   "service build-index --catalog products.csv --columns id=sku,title=name --artifacts DIR --skip-bad-rows",
+    "experiment": "service experiment --catalog var/sample/catalog.jsonl --out var/exp --objectives ft,clip --seeds 0,1",
+    "serve": "service serve --artifacts var/artifacts --port 8000\nSERVICE_SEARCH_MODE=dense service serve --artifacts DIR --workers 2",
+    "eval": "service eval --artifacts var/artifacts --judgments var/sample/judgments.jsonl",
+    "publish": "service publish 20261203-0712-ab12cd --artifacts DIR     # roll forward or back\n"
+               "service publish VERSION --artifacts DIR --force           # past a failed gate (recorded)",
+    "versions": "service versions --artifacts DIR",
+    "train": "service train --catalog var/sample/catalog.jsonl --artifacts DIR --run r1\n"
+             "torchrun --standalone --nproc-per-node 2 -m service.cli train --catalog ... --artifacts DIR --run r1",
+    "embed": "service embed --artifacts DIR --run r1 --shard 0/4",
+    "index": "service index --artifacts DIR --run r1 --publish",
+    "update-index": "service update-index --artifacts DIR --catalog-delta delta.jsonl --delete-ids gone.txt",
+    "deny": "service deny --artifacts DIR L000123 L000456\nservice deny --artifacts DIR --list",
+    "gc": "service gc --artifacts DIR --keep-versions 3",
+}
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown beside each option's help (unless unset or already named there); the
+    examples epilog keeps its lines."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS \
+                or "default" in text or "(0:" in text:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """Every command's parser: defaults in --help and an examples epilog (EXAMPLES)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        name = str(kwargs.get("prog", "")).split()[-1:]
+        example = EXAMPLES.get(name[0]) if name else None
+        if example and "epilog" not in kwargs:
+            kwargs["epilog"] = "example:\n" + "\n".join(f"  {line}" for line in example.splitlines())
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        """An option without help text still shows its default."""
+        default = kwargs.get("default")
+        if "help" not in kwargs and default is not None and default is not False and str(args[0]).startswith("-"):
+            kwargs["help"] = "default: %(default)s"
+        return super().add_argument(*args, **kwargs)
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="service", description="Multi-view two-tower retrieval service")
+    p = Parser(prog="service", description="Multi-view two-tower retrieval service")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
 
