@@ -2,6 +2,10 @@
 
 Written once at build time; the server opens it read-only and immutable
 (`file:...?mode=ro&immutable=1`), one connection per thread, so concurrent requests never lock.
+
+`images` (a JSON list: every photo of the listing, the primary first) was added after the first
+versions were built: a file without the column is read as if each listing had its primary photo
+only, so older versions keep serving.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ CREATE TABLE listings (
     image TEXT,                  -- the primary image reference as given in the catalog
     category TEXT,
     price REAL,
-    attributes TEXT NOT NULL     -- JSON object
+    attributes TEXT NOT NULL,    -- JSON object
+    images TEXT                  -- JSON list of every image reference, the primary first
 );
 """
 
@@ -41,6 +46,13 @@ class ListingRecord:
     category: str | None
     price: float | None
     attributes: dict[str, str]
+    images: tuple[str, ...] = ()  # every photo reference, images[0] == image; () -> just `image`
+
+    def photos(self) -> list[str]:
+        """Every photo reference, the primary first (a record without `images`: its primary)."""
+        if self.images:
+            return list(self.images)
+        return [self.image] if self.image else []
 
 
 def write_listings(path: str | Path, records: Iterable[ListingRecord]) -> int:
@@ -52,9 +64,9 @@ def write_listings(path: str | Path, records: Iterable[ListingRecord]) -> int:
     try:
         con.executescript(SCHEMA)
         cur = con.executemany(
-            "INSERT INTO listings VALUES (?, ?, ?, ?, ?, ?, ?)",
-            ((r.row, r.id, r.title, r.image, r.category, r.price, json.dumps(r.attributes, ensure_ascii=False))
-             for r in records),
+            "INSERT INTO listings VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            ((r.row, r.id, r.title, r.image, r.category, r.price, json.dumps(r.attributes, ensure_ascii=False),
+              json.dumps(r.photos(), ensure_ascii=False)) for r in records),
         )
         n = cur.rowcount
         con.commit()
@@ -74,6 +86,10 @@ class ListingStore:
         self._uri = f"file:{quote(str(self.path))}?mode=ro&immutable=1"
         self._local = threading.local()
         self.count = int(self._con().execute("SELECT COUNT(*) FROM listings").fetchone()[0])
+        columns = {c[1] for c in self._con().execute("PRAGMA table_info(listings)")}
+        self.has_images = "images" in columns  # False: a version written before the column existed
+        self._record_sql = ("SELECT row, id, title, image, category, price, attributes, "
+                            f"{'images' if self.has_images else 'NULL'} FROM listings")
 
     def _con(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
@@ -97,7 +113,29 @@ class ListingStore:
 
     def image_refs(self) -> list[str]:
         """Every image reference the listings name (the photos a demo image route may serve)."""
-        return [r for (r,) in self._con().execute("SELECT image FROM listings WHERE image IS NOT NULL")]
+        if not self.has_images:
+            return [r for (r,) in self._con().execute("SELECT image FROM listings WHERE image IS NOT NULL")]
+        refs = [r for (r,) in self._con().execute("SELECT image FROM listings WHERE image IS NOT NULL")]
+        for (images,) in self._con().execute("SELECT images FROM listings WHERE images IS NOT NULL"):
+            refs.extend(json.loads(images))
+        return refs
+
+    @staticmethod
+    def _record(row: int, lid: str, title: str, image: str | None, category: str | None, price: float | None,
+                attributes: str, images: str | None) -> ListingRecord:
+        return ListingRecord(row, lid, title, image, category, price, json.loads(attributes),
+                             tuple(json.loads(images)) if images else ())
+
+    def by_ids(self, ids: Iterable[str]) -> dict[str, ListingRecord]:
+        """The full records of the given ids that this version holds, by id (unknown ids are skipped)."""
+        wanted = sorted({str(i) for i in ids})
+        out: dict[str, ListingRecord] = {}
+        for start in range(0, len(wanted), 900):  # SQLite's bound-parameter limit
+            chunk = wanted[start:start + 900]
+            q = f"{self._record_sql} WHERE id IN ({','.join('?' * len(chunk))})"
+            for values in self._con().execute(q, chunk):
+                out[values[1]] = self._record(*values)
+        return out
 
     def ids(self) -> list[str]:
         return [r[0] for r in self._con().execute("SELECT id FROM listings ORDER BY row")]
@@ -124,10 +162,8 @@ class ListingStore:
 
     def records(self) -> Iterator[ListingRecord]:
         """Every listing in row order (e.g. to carry unchanged listings into an updated version)."""
-        for row, lid, title, image, category, price, attributes in self._con().execute(
-            "SELECT row, id, title, image, category, price, attributes FROM listings ORDER BY row"
-        ):
-            yield ListingRecord(row, lid, title, image, category, price, json.loads(attributes))
+        for values in self._con().execute(f"{self._record_sql} ORDER BY row"):
+            yield self._record(*values)
 
     def filter_columns(self) -> FilterColumns:
         cats, prices, attrs = [], [], []

@@ -34,6 +34,7 @@ from service.errors import ServiceError, error_body, http_error_code, public_mes
 from service.events import router as events_router
 from service.images import ImageRefs
 from service.images import router as images_router
+from service.listings import router as listings_router
 from service.metrics import Metrics
 from service.middleware import RequestMiddleware
 from service.querylog import EventLog, QueryLog
@@ -220,6 +221,7 @@ def create_app(settings: Settings) -> FastAPI:
     add_offline_docs(app)  # /docs and /redoc with local assets (FastAPI's default loads them from a CDN)
     app.state.svc = state
     app.include_router(router)
+    app.include_router(listings_router)  # GET /listings/{id}, /listings/{id}/similar
     app.include_router(events_router)
 
     @app.exception_handler(ServiceError)

@@ -51,10 +51,14 @@ class SearchRequest:
     filter: Filter = field(default_factory=Filter)
     mode: str | None = None  # dense | lexical | hybrid; None: the settings' search_mode
     fusion: FusionSpec | None = None  # None: the settings' fusion
+    # More like this: the listing's stored fused vector (vectors.npy) replaces the query's; the query
+    # text, if any, is then only the lexical side of a hybrid search. The listing itself is never a hit.
+    like_id: str | None = None
 
     def options_key(self) -> tuple:
         """The search options as a hashable (part of the result cache key)."""
-        return (self.mode, self.fusion.key() if self.fusion is not None else None)
+        key = (self.mode, self.fusion.key() if self.fusion is not None else None)
+        return key if self.like_id is None else (*key, ("like", self.like_id))
 
 
 @dataclass
@@ -225,6 +229,10 @@ class Engine:
         """Bumped whenever the deny-list changes (part of any cache key over search results)."""
         return self._deny[0]
 
+    def is_denied(self, listing_id: str) -> bool:
+        """Whether the deny-list hides `listing_id` now."""
+        return listing_id in self._deny[1]
+
     def refresh_denylist(self) -> bool:
         """Re-read DIR/denylist.txt when its stamp changed; -> whether it changed."""
         path = denylist.denylist_path(self.settings.artifacts)
@@ -266,7 +274,8 @@ class Engine:
         """Rows each list is searched to for `r`: its page, or the last fusion tier the page reads.
         Every list is one ranking per (query, filter) at any depth (index/search.py, fusion tiers),
         so a batch searched at its deepest member's depth answers each member as if it were alone."""
-        return spec.depth(r.k, r.offset) if mode == "hybrid" else r.offset + r.k
+        k = r.k + (r.like_id is not None)  # one more: the listing itself is dropped from its own list
+        return spec.depth(k, r.offset) if mode == "hybrid" else r.offset + k
 
     def search_batch(self, requests: Sequence[SearchRequest]) -> BatchResult:
         """Encode the dense and hybrid queries once, search unfiltered ones together and filtered ones
@@ -278,6 +287,12 @@ class Engine:
         qvecs = np.zeros((len(requests), lv.encoder.dim), np.float32)  # (B, d); zeros for lexical-only
         t_tok = t0
         need = [i for i, (mode, _) in enumerate(plans) if mode != "lexical"]
+        like = {i: lv.store.rows_of([requests[i].like_id]) for i in need if requests[i].like_id is not None}
+        like_row = {i: int(rows[0]) if len(rows) else -1 for i, rows in like.items()}  # -1: not in this version
+        for i, row in like_row.items():
+            if row >= 0:
+                qvecs[i] = np.asarray(lv.searcher.vectors[row], dtype=np.float32)  # (d,) the stored fused vector
+        need = [i for i in need if i not in like_row]
         if need:
             with lv.encoder.lock:  # static token/output buffers: one batch at a time
                 ids, mask = lv.encoder.tokenize([requests[i].query for i in need])  # (b, T) static buffers
@@ -335,7 +350,11 @@ class Engine:
                 q, full = qvecs[i], lexical[i][2]
                 rr, ss = hybrid_one(dense[i][0], lexical[i][0], spec, spec.candidates,
                                     lambda rs, q=q: exact_scores(lv.searcher.vectors, q[None], rs[None])[0],
-                                    lambda rs, full=full: full[rs], need=r.offset + r.k, exact=exact.get(i))
+                                    lambda rs, full=full: full[rs], need=r.offset + r.k + (i in like_row),
+                                    exact=exact.get(i))
+            if i in like_row:  # never the listing itself (a listing gone from this version finds nothing)
+                own = rr != like_row[i] if like_row[i] >= 0 else np.zeros(len(rr), dtype=bool)
+                rr, ss = rr[own], ss[own]
             rr, ss = rr[r.offset:r.offset + r.k], ss[r.offset:r.offset + r.k]
             keep = rr >= 0
             rows.append(rr[keep])

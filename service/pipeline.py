@@ -227,7 +227,8 @@ def listing_records(listings: Sequence[Listing], start: int = 0) -> list[Listing
     return [
         ListingRecord(row=start + i, id=lst.id, title=lst.title,
                       image=lst.raw_images[0] if lst.raw_images else None,
-                      category=lst.category or None, price=lst.price, attributes=dict(lst.attributes))
+                      category=lst.category or None, price=lst.price, attributes=dict(lst.attributes),
+                      images=tuple(lst.raw_images))
         for i, lst in enumerate(listings)
     ]
 

@@ -6,17 +6,18 @@ import asyncio
 import hmac
 import time
 from dataclasses import replace
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from index import denylist
 from index.artifacts import ArtifactStore, GateRefused
 from index.filters import Filter, norm
 from service.cache import search_cached
+from service.details import find_listing, like_mode, parse_fields, with_fields
 from service.engine import LoadedVersion, SearchRequest
 from service.errors import AdminDisabled, InvalidRequest, NotReady, ReloadFailed, Unauthorized, public_message
 from service.fusion import FusionSpec
@@ -36,6 +37,7 @@ from service.schemas import (
 from service.state import ServiceState, State
 
 router = APIRouter()
+QueryModel = TypeVar("QueryModel", bound=BaseModel)
 ERRORS = {code: {"model": ErrorResponse} for code in (413, 422, 429, 503, 504)}
 GET_PARAMS = frozenset(SearchQuery.model_fields)
 FALLBACK = "this index version has no lexical index: answered by the dense index"
@@ -75,11 +77,14 @@ def check_query(query: str, max_chars: int, name: str = "query") -> str:
     return text
 
 
-def to_request(state: ServiceState, query: str, k: int, offset: int, filters: SearchFilters | None,
-               mode: str | None = None, fusion: FusionSpec | None = None) -> SearchRequest:
-    """Validate against the configured limits (422 with a message naming the field)."""
+def to_request(state: ServiceState, query: str | None, k: int, offset: int, filters: SearchFilters | None,
+               mode: str | None = None, fusion: FusionSpec | None = None, like_id: str | None = None) -> SearchRequest:
+    """Validate against the configured limits (422 with a message naming the field). A query text
+    is required unless `like_id` names the listing whose vector replaces it."""
     s = state.settings
-    text = check_query(query, s.max_query_chars)
+    if query is None and like_id is None:
+        raise InvalidRequest("query: Field required (or like_id, for listings like that one)")
+    text = "" if query is None else check_query(query, s.max_query_chars)
     if not 1 <= k <= s.max_k:
         raise InvalidRequest(f"k: {k} is outside 1..{s.max_k}")
     if not 0 <= offset <= s.max_offset:
@@ -96,7 +101,7 @@ def to_request(state: ServiceState, query: str, k: int, offset: int, filters: Se
                                price.min if price else None, price.max if price else None)
         except ValueError as e:
             raise InvalidRequest(f"filters.{e}") from None
-    return SearchRequest(text, k, offset, flt, mode, fusion)
+    return SearchRequest(text, k, offset, flt, mode, fusion, like_id)
 
 
 async def run_search(state: ServiceState, req: SearchRequest) -> SearchResponse:
@@ -107,7 +112,7 @@ async def run_search(state: ServiceState, req: SearchRequest) -> SearchResponse:
     hits, model_version, index_version = answer[:3]
     mode = answer[3] if len(answer) > 3 else None  # the mode that answered (dense on a fallback)
     took_ms = (time.perf_counter() - start) * 1000
-    if state.query_log is not None:  # an enqueue; the file is written by the log's own thread
+    if state.query_log is not None and req.query:  # an enqueue (written by the log's thread); like_id alone: no text
         state.query_log.record(request_id_var.get(), req.query, req.k, req.offset, req.filter, [h.id for h in hits],
                                model_version, index_version, took_ms, cached, mode)
     # The engine's hits are already str/float (engine.Hit): built without re-validating each one.
@@ -118,11 +123,29 @@ async def run_search(state: ServiceState, req: SearchRequest) -> SearchResponse:
     )
 
 
-@router.post("/search", response_model=SearchResponse, response_model_exclude_none=True, responses=ERRORS)
+def body_request(state: ServiceState, body: SearchBody) -> SearchRequest:
+    """A POST /search body -> the engine's request (422 / 404 as the route answers them)."""
+    mode = body.mode
+    if body.like_id is not None:
+        find_listing(state, body.like_id, "like_id")
+        mode = like_mode(state, body.query, body.mode)
+    mode, fusion = search_options(state, mode, body.fusion, body.rrf_k, body.weights)
+    return to_request(state, body.query, body.k, body.offset, body.filters, mode, fusion, body.like_id)
+
+
+async def answer_body(state: ServiceState, body: SearchBody) -> SearchResponse:
+    """Validate, search, add the asked-for fields: POST /search and each search of /search/batch."""
+    if body.like_id is not None and not state.engine.ready:
+        raise NotReady("the service is not ready")
+    fields = parse_fields(state, body.fields)
+    answer = await run_search(state, body_request(state, body))
+    return answer if fields.empty else await with_fields(state, answer, fields)
+
+
+@router.post("/search", response_model=SearchResponse, response_model_exclude_none=True,
+             responses={**ERRORS, 404: {"model": ErrorResponse}})
 async def search_post(body: SearchBody, state: State) -> Response:
-    mode, fusion = search_options(state, body.mode, body.fusion, body.rrf_k, body.weights)
-    return json_response(await run_search(state, to_request(state, body.query, body.k, body.offset, body.filters,
-                                                            mode, fusion)))
+    return json_response(await answer_body(state, body))
 
 
 ATTR_PREFIX = "attr."  # GET /search?attr.color=red,blue: the attribute filter of POST's filters.attributes
@@ -141,11 +164,13 @@ def split_values(raw: list[str], whole: dict[str, int] | None = None) -> list[st
     return out
 
 
-def parse_search_query(request: Request) -> SearchQuery:
-    """GET /search's query string -> SearchQuery: unknown names and invalid values are 422s worded
-    as FastAPI words them (`query.k: ...`). A repeated name keeps its last value, except category."""
+def parse_search_query(request: Request, model: type[QueryModel]) -> QueryModel:
+    """GET /search's query string -> SearchQuery (or another query `model`): unknown names and invalid
+    values are 422s worded as FastAPI words them (`query.k: ...`). A repeated name keeps its last
+    value, except category."""
     params = request.query_params
-    unknown = sorted(n for n in set(params) - GET_PARAMS if not (n.startswith(ATTR_PREFIX) and len(n) > len(ATTR_PREFIX)))
+    known = GET_PARAMS if model is SearchQuery else frozenset(model.model_fields)
+    unknown = sorted(n for n in set(params) - known if not (n.startswith(ATTR_PREFIX) and len(n) > len(ATTR_PREFIX)))
     if unknown:
         more = f" (+{len(unknown) - 10} more)" if len(unknown) > 10 else ""  # bounded: never echo 2,000 names
         raise InvalidRequest(f"unknown query parameter(s): {', '.join(unknown[:10])}{more}")
@@ -153,7 +178,7 @@ def parse_search_query(request: Request) -> SearchQuery:
     if "category" in values:
         values["category"] = params.getlist("category")
     try:
-        return SearchQuery.model_validate(values)
+        return model.model_validate(values)
     except ValidationError as e:
         raise RequestValidationError([{**err, "loc": ("query", *err["loc"])} for err in e.errors()]) from None
 
@@ -164,20 +189,28 @@ async def search_get(request: Request) -> Response:
     # No FastAPI parameters on purpose: the query string is validated in one call (parse_search_query)
     # and the state read directly; the OpenAPI parameters come from SearchQuery.
     state: ServiceState = request.app.state.svc
-    p = parse_search_query(request)
-    price = {"min": p.price_min, "max": p.price_max} if p.price_min is not None or p.price_max is not None else None
+    p = parse_search_query(request, SearchQuery)
+    filters = query_filters(state, request, p.category, p.price_min, p.price_max)
+    fields = parse_fields(state, p.fields)
+    weights = FusionWeights(dense=p.dense_weight, lexical=p.lexical_weight)
+    mode, fusion = search_options(state, p.mode, p.fusion, p.rrf_k, weights)
+    answer = await run_search(state, to_request(state, p.q, p.k, p.offset, filters, mode, fusion))
+    return json_response(answer if fields.empty else await with_fields(state, answer, fields))
+
+
+def query_filters(state: ServiceState, request: Request, category: list[str] | None, price_min: float | None,
+                  price_max: float | None) -> SearchFilters | None:
+    """A GET query string's filters (category=, attr.KEY=, price_min=, price_max=) as SearchFilters."""
+    price = {"min": price_min, "max": price_max} if price_min is not None or price_max is not None else None
     vocab = state.engine.current.filters.category_vocab if state.engine.ready else {}
-    categories = split_values(p.category or [], vocab)
+    categories = split_values(category or [], vocab)
     attributes = {name[len(ATTR_PREFIX):]: split_values(request.query_params.getlist(name))
                   for name in request.query_params if name.startswith(ATTR_PREFIX)}
     try:
-        filters = (SearchFilters(category=categories, attributes=attributes or None, price=price)
-                   if categories or attributes or price else None)
+        return (SearchFilters(category=categories, attributes=attributes or None, price=price)
+                if categories or attributes or price else None)
     except ValueError as e:
         raise InvalidRequest(f"filters: {str(e).splitlines()[-1].strip()}") from None
-    weights = FusionWeights(dense=p.dense_weight, lexical=p.lexical_weight)
-    mode, fusion = search_options(state, p.mode, p.fusion, p.rrf_k, weights)
-    return json_response(await run_search(state, to_request(state, p.q, p.k, p.offset, filters, mode, fusion)))
 
 
 def json_response(answer: SearchResponse) -> Response:

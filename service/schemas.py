@@ -18,6 +18,7 @@ from pydantic import (
 )
 
 Number = StrictInt | StrictFloat
+MAX_LISTING_ID_CHARS = 512  # a listing id in a path or like_id
 
 
 class PriceFilter(BaseModel):
@@ -47,7 +48,13 @@ class FusionWeights(BaseModel):
 
 class SearchBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    query: StrictStr = Field(description="the shopper's query")
+    query: StrictStr | None = Field(None, description="the shopper's query (required unless like_id is given; "
+                                    "with like_id, only the lexical side of a hybrid search)")
+    like_id: StrictStr | None = Field(None, min_length=1, max_length=MAX_LISTING_ID_CHARS,
+                                      description="more like this listing: its stored vector replaces the "
+                                      "query's (the listing itself is never a result; 404 when unknown)")
+    fields: list[StrictStr] | None = Field(None, description="more of each hit: price, category, images, "
+                                           "attributes, attr.KEY (default: id, score, title, image)")
     k: StrictInt = Field(10, description="number of results (1..max_k)")
     offset: StrictInt = Field(0, description="results to skip, for pagination (0..max_offset)")
     filters: SearchFilters | None = None
@@ -75,6 +82,19 @@ class SearchQuery(BaseModel):
     rrf_k: int | None = Field(None, ge=0, le=10_000)
     dense_weight: float | None = Field(None, ge=0, le=1000, allow_inf_nan=False)
     lexical_weight: float | None = Field(None, ge=0, le=1000, allow_inf_nan=False)
+    fields: str | None = Field(None, description="more of each hit, comma-separated: price, category, images, "
+                               "attributes, attr.KEY (as in POST /search)")
+
+
+class SimilarQuery(BaseModel):
+    """GET /listings/{id}/similar's query string: pages, filters and fields as GET /search's."""
+    model_config = ConfigDict(extra="forbid")
+    k: int = Field(10, description="number of results (1..max_k)")
+    offset: int = Field(0, description="results to skip, for pagination (0..max_offset)")
+    category: list[str] | None = Field(None, description="as in GET /search; attribute filters: attr.KEY=v1,v2")
+    price_min: float | None = None
+    price_max: float | None = None
+    fields: str | None = Field(None, description="as in GET /search")
 
 
 def query_parameters(model: type[BaseModel]) -> list[dict]:
@@ -95,6 +115,23 @@ class SearchHit(BaseModel):
     score: float
     title: str
     image: str | None = None
+    # Only with fields= (service/details.py); absent when not asked for or the listing has none.
+    price: float | None = None
+    category: str | None = None
+    images: list[str] | None = Field(None, description="every photo URL, the primary first")
+    attributes: dict[str, str] | None = Field(None, description="the stored attributes (all, or those attr.KEY names)")
+
+
+class ListingResponse(BaseModel):
+    """GET /listings/{id}: the stored record of the served version."""
+    id: str
+    title: str
+    image: str | None = None
+    images: list[str] = Field(description="every photo URL, the primary first")
+    category: str | None = None
+    price: float | None = None
+    attributes: dict[str, str]
+    index_version: str
 
 
 class SearchResponse(BaseModel):

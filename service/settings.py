@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     max_query_chars: int = Field(256, ge=1)
     max_body_bytes: int = Field(16_384, ge=256)
     max_filter_values: int = Field(64, ge=1)
+    max_fields: int = Field(32, ge=1, le=1_000, description="names in one request's fields= (price, attr.KEY, ...)")
 
     # --- batching
     max_batch: int = Field(32, ge=1, le=4096)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +102,7 @@ def merge(records: list[ListingRecord], vectors: np.ndarray, delta: Delta,
     old_ids = {r.id for r in records}
     keep = np.array([r.id not in gone for r in records], dtype=bool)
     kept = [r for r, k in zip(records, keep, strict=True) if k]
-    merged = [ListingRecord(i, r.id, r.title, r.image, r.category, r.price, r.attributes) for i, r in enumerate(kept)]
+    merged = [replace(r, row=i) for i, r in enumerate(kept)]  # every stored column kept (images too)
     merged += listing_records(delta.upserts, start=len(merged))
     out = np.vstack([np.asarray(vectors[keep], dtype=np.float32), new_vectors.astype(np.float32)])  # (n', d)
     counts = {"added": len(upserted - old_ids), "changed": len(upserted & old_ids),
