@@ -25,6 +25,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.batch import router as batch_router
 from service.batcher import MicroBatcher
 from service.cache import ResultCache
 from service.disconnect import CancelOnDisconnect
@@ -221,6 +222,7 @@ def create_app(settings: Settings) -> FastAPI:
     add_offline_docs(app)  # /docs and /redoc with local assets (FastAPI's default loads them from a CDN)
     app.state.svc = state
     app.include_router(router)
+    app.include_router(batch_router)  # POST /search/batch
     app.include_router(listings_router)  # GET /listings/{id}, /listings/{id}/similar
     app.include_router(events_router)
 
@@ -258,7 +260,8 @@ def create_app(settings: Settings) -> FastAPI:
                            allow_headers=["Content-Type", "Authorization", "X-Request-ID"])
     app.add_middleware(CancelOnDisconnect)  # inside RequestMiddleware: a client gone while queued is skipped
     def shed(path: str) -> str | None:  # the batcher's own 429, decided before any routing (overload)
-        if path == "/search" and batcher.depth >= settings.max_queue:
+        queued = path in ("/search", "/search/batch") or (path.startswith("/listings/") and path.endswith("/similar"))
+        if queued and batcher.depth >= settings.max_queue:
             return f"too many queued requests (max_queue={settings.max_queue}); retry later"
         return None
 

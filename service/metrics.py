@@ -40,6 +40,8 @@ class Metrics:
         self.cache_entries = Gauge("search_cache_entries", "Entries in the result cache", registry=r,
                                    multiprocess_mode="livesum")
         self.querylog_dropped = Counter("query_log_dropped", "Query log lines dropped (writer behind)", registry=r)
+        self.batch_queries = Counter("search_batch_queries", "Searches answered in POST /search/batch, by their "
+                                     "own status", ["status"], registry=r)
         self.events = Counter("events_recorded", "Shopper events accepted by POST /events", ["action"], registry=r)
         self.events_refused = Counter("events_refused", "POST /events bodies refused (429): the events log writer "
                                       "was behind", registry=r)

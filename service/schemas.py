@@ -9,6 +9,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    SkipValidation,
     StrictBool,
     StrictFloat,
     StrictInt,
@@ -146,6 +147,31 @@ class SearchResponse(BaseModel):
 class ErrorResponse(BaseModel):
     error: str
     message: str
+
+
+class SearchBatchBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # Items are validated one by one (service/batch.py), so one bad search is its own 422, not the batch's.
+    searches: list[SkipValidation[SearchBody]] = Field(min_length=1, description="up to max_batch_queries "
+                                                       "searches, each a POST /search body")
+
+
+class BatchItem(BaseModel):
+    """One search's answer: a SearchResponse, or an error body, with the status it would have had."""
+    status: int = Field(description="200, or the 4xx/5xx POST /search would have answered")
+    results: list[SearchHit] | None = None
+    model_version: str | None = None
+    index_version: str | None = None
+    took_ms: float | None = None
+    mode: str | None = None
+    fallback: str | None = None
+    error: str | None = Field(None, description="the error code, when status is not 200")
+    message: str | None = None
+
+
+class SearchBatchResponse(BaseModel):
+    responses: list[BatchItem] = Field(description="one per search, in order")
+    took_ms: float
 
 
 class ReloadBody(BaseModel):

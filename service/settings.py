@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(16_384, ge=256)
     max_filter_values: int = Field(64, ge=1)
     max_fields: int = Field(32, ge=1, le=1_000, description="names in one request's fields= (price, attr.KEY, ...)")
+    max_batch_queries: int = Field(32, ge=1, le=1_000, description="searches in one POST /search/batch body (413 "
+                                   "above; max_body_bytes applies too)")
 
     # --- batching
     max_batch: int = Field(32, ge=1, le=4096)
