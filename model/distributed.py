@@ -7,15 +7,21 @@ then averages parameter gradients: all_gather's backward sums the identical per-
 each slice (x world) and DDP divides by world, which gives exactly the single-process gradient of
 the global batch. View sampling draws one uniform per pair from the run's seed for the global batch
 on every rank (model/objectives/ft.py), so it does not depend on which rank holds a pair. Only rank
-0 writes checkpoints and artifacts.
+0 writes checkpoints and artifacts; the others wait at a barrier.
 
-Launch:  torchrun --nproc_per_node=N [--nnodes ... --rdzv-endpoint ...] $(which service) train ...
+Launch (docs/DEPLOY.md, k8s/overlays/gpu/pipeline):
+
+    torchrun --standalone --nproc-per-node N -m service.cli -- train --catalog ... --run RUN ...
+
+The `--` matters: torchrun's own parser would otherwise read the script's `--run` as an
+abbreviation of its `--run-path` ("ambiguous option"); `service.cli` drops a leading `--`.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -71,29 +77,53 @@ class DistContext:
         if self.enabled:
             dist.barrier()
 
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's `value` on every rank (a picklable object: a run name, a flag)."""
+        if not self.enabled:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
-def init_distributed() -> DistContext:
+
+def wants_cuda(requested: str) -> bool:
+    """Does `--device` ask for CUDA ("auto" only when torch sees a GPU)?"""
+    return requested.startswith("cuda") or (requested == "auto" and torch.cuda.is_available())
+
+
+def init_distributed(device: str = "auto") -> DistContext:
     """From torchrun's environment (WORLD_SIZE, RANK, LOCAL_RANK); a single process otherwise.
-    NCCL on CUDA, gloo on CPU."""
+    NCCL when `device` means CUDA (each rank pinned to GPU LOCAL_RANK first), gloo otherwise, so
+    `--device cpu` trains with gloo on a machine that has GPUs too."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext()
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    ctx = DistContext(rank=int(os.environ["RANK"]), world=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(local)
-        dist.init_process_group(backend=backend)
-    return DistContext(rank=rank, world=world, local_rank=local)
+        cuda = wants_cuda(device)
+        if cuda:
+            torch.cuda.set_device(device_for(ctx, device))
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return ctx
 
 
 def device_for(ctx: DistContext, requested: str) -> torch.device:
-    """One GPU per local rank under torchrun; the requested device otherwise."""
-    if ctx.enabled and torch.cuda.is_available() and requested in ("auto", "cuda"):
+    """GPU LOCAL_RANK for every CUDA request under torchrun (one GPU per local rank; "cuda:0"
+    would put every rank on one GPU); the requested device otherwise."""
+    if wants_cuda(requested) and not torch.cuda.is_available():
+        raise RuntimeError(f"device: {requested!r} asked for, but torch sees no CUDA device")
+    if ctx.enabled and wants_cuda(requested):
+        if ctx.local_rank >= torch.cuda.device_count():
+            raise RuntimeError(f"LOCAL_RANK {ctx.local_rank}: only {torch.cuda.device_count()} CUDA devices visible")
         return torch.device("cuda", ctx.local_rank)
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(requested)
+
+
+def dist_backend() -> str | None:
+    """The process group's backend ("nccl", "gloo"), None without one."""
+    return str(dist.get_backend()) if dist.is_initialized() else None
 
 
 def shutdown() -> None:

@@ -64,7 +64,12 @@ def cmd_sample_catalog(a: argparse.Namespace) -> int:
 
 
 def cmd_build_index(a: argparse.Namespace) -> int:
+    import os
+
     from service.pipeline import GateFailed, build_index, build_options
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would build and publish
+        raise ValueError("build-index: runs in one process; under torchrun use `train`, then `embed` and `index`")
 
     opts = build_options(
         catalog=a.catalog, artifacts=a.artifacts, interactions=a.interactions, judgments=a.judgments,
@@ -295,6 +300,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     enforce_offline()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--"]:  # `torchrun ... -m service.cli -- train ...`: the launcher's separator
+        argv = argv[1:]
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)

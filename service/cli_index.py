@@ -1,6 +1,7 @@
 """Index-operations commands of `service` (registered by service/cli.py):
 
   service train --catalog PATH --artifacts DIR [--run RUN] [build options]   train once -> DIR/runs/RUN/
+      (DDP: torchrun --standalone --nproc-per-node N -m service.cli -- train ...)
   service embed --artifacts DIR --run RUN [--shard i/n]                      embed one shard with RUN's model
   service index --artifacts DIR --run RUN [--publish]                        merge shards, index, tune, gate, write
   service update-index --artifacts DIR [--catalog-delta PATH] [--delete-ids FILE]   upsert/delete, no retraining
@@ -43,8 +44,11 @@ def print_result(result: Any) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    """One process, or one rank of `torchrun ... -m service.cli -- train ...` (DDP: rank and
+    device from torchrun's environment, rank 0 writes the run; model/distributed.py)."""
+    from model.distributed import init_distributed, shutdown
+    from service import stages
     from service.pipeline import build_options
-    from service.stages import train_run
 
     opts = build_options(
         catalog=a.catalog, artifacts=a.artifacts, interactions=a.interactions, judgments=a.judgments,
@@ -55,9 +59,14 @@ def cmd_train(a: argparse.Namespace) -> int:
         keep_versions=a.keep_versions, memory_budget_gb=a.memory_budget_gb, target_ann_recall=a.target_ann_recall,
         served_k=a.served_k,
     )
-    run = train_run(opts, a.run)
-    print(json.dumps({"run": run.name, "path": str(run.path), "model_digest": run.info["model_digest"],
-                      "listings": run.info["catalog"]["listings"]}, indent=2))
+    ctx = init_distributed(a.device)
+    try:
+        run = stages.train_run(opts, a.run, dist=ctx)
+    finally:
+        shutdown()
+    if ctx.is_main:
+        print(json.dumps({"run": run.name, "path": str(run.path), "model_digest": run.info["model_digest"],
+                          "listings": run.info["catalog"]["listings"], "world_size": ctx.world}, indent=2))
     return 0
 
 

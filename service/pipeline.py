@@ -40,6 +40,7 @@ from model.config import ImageConfig, ModelConfig, TextConfig, TowerConfig, Trai
 from model.crossview import leave_one_view_out, slot_embeddings
 from model.data import TrainingSet, build_training_set, pseudo_queries
 from model.diagnostics import modality_gap
+from model.distributed import DistContext
 from model.embed import embed_listings, embed_queries, view_clouds
 from model.image import ImageFeaturizer, backbone_digest
 from model.interactions import Judgments, load_interactions, load_judgments
@@ -179,8 +180,11 @@ def gap(model: TwoTower, tokenizer: Any, data: TrainingSet, device: torch.device
     return modality_gap(clouds)
 
 
-def train_stage(inputs: Inputs, features: np.ndarray, ok: np.ndarray, opts: BuildOptions,
-                device: torch.device) -> tuple[TwoTower, Any, TrainingSet, TrunkCache, dict[str, Any]]:
+def train_stage(inputs: Inputs, features: np.ndarray, ok: np.ndarray, opts: BuildOptions, device: torch.device,
+                dist: DistContext | None = None) -> tuple[TwoTower, Any, TrainingSet, TrunkCache, dict[str, Any]]:
+    """Train the towers; under torchrun (`dist`) every rank runs this with the same seed and
+    encodes its slice of each global batch (model/distributed.py)."""
+    dist = dist or DistContext()
     tcfg = train_config(opts)
     seed_everything(tcfg.seed)
     index_views = make_objective(tcfg.objective, opts.dim, tcfg).index_views
@@ -194,13 +198,14 @@ def train_stage(inputs: Inputs, features: np.ndarray, ok: np.ndarray, opts: Buil
     trunk = build_trunk(model.to(device), tokenizer, data, device, opts.progress)
     trunk_s = time.perf_counter() - t0
     gap_before = gap(model, tokenizer, data, device, trunk)
-    trainer = Trainer(model, data, trunk, tcfg, device)
+    trainer = Trainer(model, data, trunk, tcfg, device, dist=dist)
     t0 = time.perf_counter()
     history = trainer.fit(progress=opts.progress)
     train_s = time.perf_counter() - t0
     info = {
         "train_config": tcfg.to_dict(),
         "pairs": int(len(data.pair_item)),
+        "world_size": dist.world,
         "self_supervised": data.self_supervised,
         "history": history.to_dict(),
         "trunk_seconds": trunk_s,

@@ -34,6 +34,7 @@ from model.catalog import Listing, load_catalog
 from model.checkpoint import load_model, save_model
 from model.config import ImageConfig
 from model.data import build_slots
+from model.distributed import DistContext, device_for, dist_backend
 from model.embed import embed_listings
 from model.image import backbone_digest
 from model.text import Tokenizer, resolve_weights_dir, text_weights_digest
@@ -113,24 +114,42 @@ def open_run(artifacts: Path, run: str) -> Run:
 # ---------------------------------------------------------------------------------- train
 
 
-def train_run(opts: BuildOptions, run: str | None = None) -> Run:
-    """Train once and write DIR/runs/<run>/ (atomically: a temp folder renamed into place)."""
-    run = run or new_version_name()
+def train_run(opts: BuildOptions, run: str | None = None, dist: DistContext | None = None) -> Run:
+    """Train once and write DIR/runs/<run>/ (atomically: a temp folder renamed into place).
+
+    Under torchrun (`dist` from `init_distributed`) every rank trains on GPU LOCAL_RANK (or CPU,
+    gloo) with the same seed and one shared run name; rank 0 alone writes the run, the others wait
+    at a barrier, then every rank returns the finished run."""
+    dist = dist or DistContext()
+    run = dist.broadcast(run or new_version_name())  # a timestamp name could differ per rank
     if not VERSION_RE.match(run):
         raise StageError(f"run: {run!r} is not a valid run name")
     final = runs_dir(opts.artifacts) / run
     if final.exists():
         raise StageError(f"{final}: run exists already")
-    device = resolve_device(opts.device)
+    device = device_for(dist, opts.device)
     t0 = time.perf_counter()
     inputs = load_inputs(opts)
     icfg = ImageConfig(weights_path=opts.image_weights)
-    features, ok, image_report = featurize_images(inputs.views, icfg, device, image_cache_dir(opts), opts.progress)
+    progress = opts.progress and dist.is_main
+    # Every rank needs every photo's features; the cache is shared and written atomically.
+    features, ok, image_report = featurize_images(inputs.views, icfg, device, image_cache_dir(opts), progress)
     inputs.reports["images"] = image_report
-    model, tokenizer, _, _, train_info = train_stage(inputs, features, ok, opts, device)
+    model, tokenizer, _, _, train_info = train_stage(inputs, features, ok, replace(opts, progress=progress),
+                                                     device, dist)
     inputs.reports["encoder_truncated"] = encoder_cuts(inputs.views, tokenizer, model.cfg.text)
     timings = {"train_s": train_info.pop("train_seconds"), "trunk_s": train_info.pop("trunk_seconds"),
                "total_s": time.perf_counter() - t0}
+    if dist.is_main:
+        _write_run(opts, run, model, inputs, train_info, timings, icfg, dist)
+    dist.barrier()  # the run is complete on disk before any rank returns
+    return open_run(opts.artifacts, run)
+
+
+def _write_run(opts: BuildOptions, run: str, model: TwoTower, inputs: Any, train_info: dict[str, Any],
+               timings: dict[str, float], icfg: ImageConfig, dist: DistContext) -> None:
+    """Rank 0's part of `train_run`: the run folder, staged under a temp name, renamed into place."""
+    final = runs_dir(opts.artifacts) / run
     tmp = runs_dir(opts.artifacts) / f".{run}.{secrets.token_hex(4)}"
     tmp.mkdir(parents=True)
     try:
@@ -142,6 +161,7 @@ def train_run(opts: BuildOptions, run: str | None = None) -> Run:
             "model_digest": digest,
             "text_base_digest": text_weights_digest(opts.text_weights or None),
             "image_backbone_digest": backbone_digest(icfg) if inputs.views.image_paths else None,
+            "distributed": {"world_size": dist.world, "backend": dist_backend()},
         }
         (tmp / "train.json").write_text(json.dumps({"inputs": inputs.reports, "training": train_info,
                                                     "timings": timings}, indent=2, default=float))
@@ -150,7 +170,6 @@ def train_run(opts: BuildOptions, run: str | None = None) -> Run:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return open_run(opts.artifacts, run)
 
 
 # ---------------------------------------------------------------------------------- embed
@@ -272,7 +291,8 @@ def index_run(artifacts: Path, run: str, **overrides: Any) -> BuildResult:
         "text_base_digest": r.info["text_base_digest"],
         "image_backbone_digest": r.info["image_backbone_digest"],
         "catalog": catalog_summary(opts, inputs.catalog),
-        "run": {"name": run, "shards": len(metas)},
+        "run": {"name": run, "shards": len(metas),
+                "world_size": r.info.get("distributed", {}).get("world_size", 1)},
         "metrics": metrics,
         "modality_gap": train_info["modality_gap"],
         "timings": timings,

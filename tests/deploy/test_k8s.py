@@ -322,6 +322,21 @@ def test_every_pod_is_hardened_and_bounded(rendered, overlay: str) -> None:
 # ---------------------------------------------------------------- the pipeline Jobs vs the CLI
 
 
+def launched_args(command: list[str], args: list[str]) -> list[str]:
+    """torchrun's own parser (the installed torch) reads command + args, as the pod would: it must
+    run `-m service.cli` and hand the script its arguments (an option torchrun mistakes for one of
+    its own, like `--run` for `--run-path` without a `--` first, fails here); -> the script's argv
+    as `service.cli.main` reads it."""
+    from torch.distributed.run import get_args_parser
+
+    assert command[0] == "torchrun"
+    launch = get_args_parser().parse_args([*command[1:], *args])
+    assert launch.module and launch.training_script == "service.cli", launch
+    assert 'if __name__ == "__main__"' in (ROOT / "service" / "cli.py").read_text()
+    script = list(launch.training_script_args)
+    return script[1:] if script[:1] == ["--"] else script  # service.cli drops a leading `--`
+
+
 @pytest.mark.parametrize("overlay", ["cpu/pipeline", "gpu/pipeline"])
 def test_pipeline_commands_parse_with_the_real_cli(rendered, overlay: str) -> None:
     objs = rendered[overlay]
@@ -330,11 +345,10 @@ def test_pipeline_commands_parse_with_the_real_cli(rendered, overlay: str) -> No
     for w in workloads(objs):
         c = pod_spec(w)["containers"][0]
         env = container_env(objs, c)
-        if "command" in c:  # the GPU training launcher: torchrun ... -m service.cli
-            assert c["command"][0] == "torchrun" and c["command"][-2:] == ["-m", "service.cli"]
-            assert 'if __name__ == "__main__"' in (ROOT / "service" / "cli.py").read_text()
         args = expand(c["args"], {**env, "PIPELINE_VERSION": env.get("PIPELINE_VERSION") or "v1"})
         assert not [a for a in args if "$(" in a], f"{w['metadata']['name']}: undefined variable in {args}"
+        if "command" in c:  # the GPU training launcher: torchrun ... -m service.cli -- train ...
+            args = launched_args(c["command"], args)
         sub = args[0]
         assert sub in commands, f"{w['metadata']['name']} runs `service {sub}`, which service/cli.py lacks"
         ns = commands[sub].parse_args(args[1:])

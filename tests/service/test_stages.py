@@ -79,7 +79,7 @@ def test_two_shards_equal_the_one_process_build(staged) -> None:
     for key in ("n_items", "dim", "index_key", "index_params", "objective"):
         assert sharded.manifest[key] == single.manifest[key], key
     assert sharded.manifest["metrics"]["recall@10"] == pytest.approx(single.manifest["metrics"]["recall@10"], abs=0.02)
-    assert sharded.manifest["run"] == {"name": "r1", "shards": 2}
+    assert sharded.manifest["run"] == {"name": "r1", "shards": 2, "world_size": 1}
     assert ArtifactStore(staged["art"]).current_version() == "two"
     ArtifactStore(staged["art"]).verify("two")
 
@@ -164,7 +164,7 @@ def test_cli_train_and_index_pass_their_options(staged, tiny_sample: Path, tmp_p
     import service.stages as stages
 
     seen = {}
-    monkeypatch.setattr(stages, "train_run", lambda opts, run: seen.update(opts=opts, run=run) or staged["run"])
+    monkeypatch.setattr(stages, "train_run", lambda opts, run, **kw: seen.update(opts=opts, run=run) or staged["run"])
     assert main(["train", "--catalog", str(tiny_sample / "catalog.jsonl"), "--artifacts", str(tmp_path), "--run", "x",
                  "--epochs", "3", "--memory-budget-gb", "1.5", "--target-ann-recall", "0.9", "--served-k", "20"]) == 0
     opts = seen["opts"]
