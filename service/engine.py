@@ -34,6 +34,7 @@ from index.filters import Filter, FilterColumns
 from index.lexical import META as LEXICAL_META
 from index.lexical import LexicalIndex, top_k
 from index.metadata import ListingStore
+from index.placed_recall import recall_report
 from index.search import Searcher, exact_scores, make_searcher
 from model.query_encoder import EncoderOptions, QueryEncoder
 from service.errors import NotReady
@@ -109,6 +110,7 @@ class LoadedVersion:
     store: ListingStore
     filters: FilterColumns
     lexical: LexicalIndex | None = None  # None: a version built without one (hybrid -> dense)
+    ann_recall: dict[str, Any] = field(default_factory=dict)  # tuned vs as placed (index/placed_recall.py)
 
     @property
     def model_version(self) -> str:
@@ -157,7 +159,8 @@ def load_version(settings: Settings, version: str | None = None) -> LoadedVersio
     searcher = make_searcher(index, vectors, manifest.get("index_params"), settings.index_device,
                              gpu_shard=settings.index_gpu_shard, torch_scratch_mb=settings.torch_search_scratch_mb,
                              torch_mask_cache=settings.torch_mask_cache)
-    return LoadedVersion(version, manifest, encoder, searcher, listings, listings.filter_columns(), lexical)
+    ann = recall_report(manifest, searcher, vectors, settings.placed_recall_queries, cpu_index=index)
+    return LoadedVersion(version, manifest, encoder, searcher, listings, listings.filter_columns(), lexical, ann)
 
 
 def load_lexical(folder: Path, manifest: dict[str, Any]) -> LexicalIndex | None:

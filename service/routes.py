@@ -242,6 +242,8 @@ async def readyz(state: State) -> JSONResponse:
         "placement": {"encoder": str(lv.encoder.device), "index": lv.searcher.placement},
         "encoder_runtime": lv.encoder.describe,  # e.g. cpu/int8, cuda/torch+graphs
         "index_key": lv.manifest.get("index_key"),
+        # ANN recall tuned at build (CPU index) and measured at load on the index as placed
+        "ann_recall": lv.ann_recall,
         "search_modes": {"default": state.settings.search_mode,
                          "available": ["dense", "lexical", "hybrid"] if lv.lexical is not None else ["dense"],
                          "lexical_index": lv.lexical is not None,

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     torch_search_scratch_mb: float = Field(256, gt=0, le=65_536, description="torch-cuda: fp32 score scratch "
                                            "of one search (rows are scanned in chunks that fit; 6 GB unchunked at "
                                            "1,024 queries x 1M rows)")
+    placed_recall_queries: int = Field(100, ge=0, le=10_000, description="at load, ANN recall of the index as "
+                                       "placed (GPU fp16 copies included) on this many seeded stored vectors, "
+                                       "reported in /readyz beside the tuned figure (0: off)")
     torch_mask_cache: int = Field(16, ge=1, le=4096, description="torch-cuda: distinct filter masks kept on the "
                                   "device (n bytes each), so a repeated filter costs no host->device copy")
     threads: int = Field(0, ge=0, description="CPU threads of every pool of the server (torch, OpenMP, BLAS, faiss, "
