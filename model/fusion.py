@@ -56,3 +56,13 @@ class Fusion(nn.Module):
         z = torch.where(present.unsqueeze(-1), z, torch.zeros_like(z))  # (B, S, d): no NaN leaks
         m = torch.einsum("bs,bsd->bd", w.to(z.dtype), z)  # (B, d) unnormalised mean
         return F.normalize(m, dim=-1)
+
+
+@torch.no_grad()
+def view_weights(fusion: Fusion, index_views: tuple[str, ...] = VIEW_TYPES) -> dict[str, float]:
+    """The learned weight a_t of each indexed view type, {view type: weight}, for a listing that
+    has every one of them (prior included; they sum to 1; a listing missing some types renormalises
+    over the rest). Written to the version manifest (`view_weights`) and shown by `service versions`."""
+    present = torch.tensor([[t in index_views for t in VIEW_TYPES]], device=fusion.logits.device)  # (1, T)
+    a = fusion.type_weights(present)[0]  # (T,)
+    return {t: round(float(a[i]), 4) for i, t in enumerate(VIEW_TYPES) if t in index_views}

@@ -168,8 +168,17 @@ def cmd_versions(a: argparse.Namespace) -> int:
         mark = "*" if v == current else " "
         print(f"{mark} {v}  objective={m.get('objective')} items={m.get('n_items')} "
               f"recall@100={m.get('metrics', {}).get('recall@100', 'n/a')} gate={m.get('gate', {}).get('passed')} "
-              f"lexical={'yes' if m.get('lexical') else 'no (hybrid serves dense)'}")
+              f"lexical={'yes' if m.get('lexical') else 'no (hybrid serves dense)'}"
+              f" weights={weights_text(m.get('view_weights'))}")
     return 0
+
+
+def weights_text(weights: dict[str, float] | None) -> str:
+    """{"title": 0.31, ...} -> "title:0.31,image:0.29,...": the learned fusion weight per view
+    type, heaviest first."""
+    if not weights:
+        return "n/a"
+    return ",".join(f"{t}:{w:.2f}" for t, w in sorted(weights.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def cmd_experiment(a: argparse.Namespace) -> int:

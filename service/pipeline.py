@@ -42,6 +42,7 @@ from model.data import TrainingSet, build_training_set, pseudo_queries
 from model.diagnostics import modality_gap
 from model.distributed import DistContext
 from model.embed import embed_listings, embed_queries, view_clouds
+from model.fusion import view_weights
 from model.image import ImageFeaturizer, backbone_digest
 from model.interactions import Judgments, load_interactions, load_judgments
 from model.objectives import make_objective
@@ -466,6 +467,7 @@ def build_index(opts: BuildOptions) -> BuildResult:
     manifest = {
         "objective": opts.objective,
         "model_config": dataclasses.asdict(model.cfg),
+        "view_weights": view_weights(model.fusion, model.cfg.index_views),
         "train_config": train_info["train_config"],
         "text_base_digest": text_weights_digest(opts.text_weights or None),
         "image_backbone_digest": backbone_digest(icfg) if data.views.image_paths else None,

@@ -36,6 +36,7 @@ from model.config import ImageConfig
 from model.data import build_slots
 from model.distributed import DistContext, device_for, dist_backend
 from model.embed import embed_listings
+from model.fusion import view_weights
 from model.image import backbone_digest
 from model.text import Tokenizer, resolve_weights_dir, text_weights_digest
 from model.towers import TwoTower
@@ -287,6 +288,7 @@ def index_run(artifacts: Path, run: str, **overrides: Any) -> BuildResult:
     manifest = {
         "objective": opts.objective,
         "model_config": dataclasses.asdict(model.cfg),
+        "view_weights": view_weights(model.fusion, model.cfg.index_views),
         "train_config": train_info["train_config"],
         "text_base_digest": r.info["text_base_digest"],
         "image_backbone_digest": r.info["image_backbone_digest"],

@@ -32,6 +32,7 @@ from index.metadata import ListingRecord, ListingStore
 from index.tune import tune_and_check
 from model.catalog import CatalogError, Listing, iter_rows, load_catalog, parse_column_map
 from model.checkpoint import load_model
+from model.fusion import view_weights
 from model.image import backbone_digest
 from model.text import Tokenizer
 from model.train import resolve_device
@@ -151,7 +152,7 @@ def update_index(artifacts: Path, delta_path: Path | None = None, delete_ids: Pa
     manifest = {**{k: parent.get(k) for k in keys}, "catalog": {**parent.get("catalog", {}), "updates": [
         *parent.get("catalog", {}).get("updates", []), {"version_parent": base, **delta.report}]},
         "parent_version": base, "parent_metrics": parent.get("metrics", {}), "update": update,
-        "metrics": metrics, "timings": timings}
+        "metrics": metrics, "timings": timings, "view_weights": view_weights(model.fusion, model.cfg.index_views)}
     opts = BuildOptions(catalog=delta_path or Path(""), artifacts=artifacts, publish=publish, version=version,
                         keep_versions=keep_versions, min_ann_recall=min_ann_recall)
     tune = np.load(folder / "tune_queries.npy") if (folder / "tune_queries.npy").is_file() else None

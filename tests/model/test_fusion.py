@@ -76,3 +76,18 @@ def test_primary_prior_and_allowed_types() -> None:
     allowed = torch.tensor([v in ("title", "image") for v in VIEW_TYPES])
     w2 = fusion.slot_weights(present, torch.tensor(types), allowed)[0]
     assert torch.all(w2[aux] == 0) and torch.isclose(w2.sum(), torch.tensor(1.0))
+
+
+def test_view_weights_are_the_type_softmax_over_the_indexed_types() -> None:
+    from model.fusion import view_weights
+
+    fusion = Fusion(primary_prior=0.7)
+    with torch.no_grad():
+        fusion.logits.copy_(torch.tensor([0.1, -0.2, 0.5, -1.0, 0.3]))
+    got = view_weights(fusion)
+    want = torch.softmax(fusion.logits.detach() + fusion.prior, dim=0)
+    assert list(got) == list(VIEW_TYPES)
+    assert all(abs(got[t] - float(want[i])) < 1e-4 for i, t in enumerate(VIEW_TYPES))
+    two = view_weights(fusion, ("title", "image"))
+    assert set(two) == {"title", "image"} and abs(sum(two.values()) - 1.0) < 1e-3
+    assert abs(two["title"] / two["image"] - float(torch.exp(torch.tensor(0.3)))) < 1e-3
