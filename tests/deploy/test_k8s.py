@@ -337,6 +337,15 @@ def launched_args(command: list[str], args: list[str]) -> list[str]:
     return script[1:] if script[:1] == ["--"] else script  # service.cli drops a leading `--`
 
 
+def test_docs_show_the_training_launcher_the_gpu_job_runs(rendered) -> None:
+    """DEPLOY.md and OPERATIONS.md write torchrun's argv as the GPU train Job runs it (`--` included)."""
+    c = pod_spec(one(rendered["gpu/pipeline"], "Job", "mvretrieval-train"))["containers"][0]
+    launcher = " ".join(c["command"]) + " " + c["args"][0]
+    assert launcher == "torchrun --standalone --nproc-per-node gpu -m service.cli -- train"
+    for doc in ("DEPLOY.md", "OPERATIONS.md"):
+        assert launcher in (ROOT / "docs" / doc).read_text(), doc
+
+
 @pytest.mark.parametrize("overlay", ["cpu/pipeline", "gpu/pipeline"])
 def test_pipeline_commands_parse_with_the_real_cli(rendered, overlay: str) -> None:
     objs = rendered[overlay]

@@ -153,3 +153,14 @@ def test_train_embed_shards_index_equals_build_index(runs) -> None:
     ma, mb = (json.loads((v / "manifest.json").read_text()) for v in (single, sharded))
     for key in ("n_items", "dim", "index_key", "objective"):
         assert ma[key] == mb[key], key
+
+
+def test_build_index_refuses_to_run_under_torchrun(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun sets: every rank would build and publish
+    assert main(["build-index", "--catalog", str(tmp_path / "c.jsonl"), "--artifacts", str(tmp_path / "a")]) == 2
+    assert "under torchrun use `train`" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_leading_double_dash_is_torchruns_separator(tmp_path: Path, capsys) -> None:
+    assert main(["--", "versions", "--artifacts", str(tmp_path)]) == 0
