@@ -42,6 +42,7 @@ from service.querylog import EventLog, QueryLog
 from service.routes import router
 from service.settings import Settings
 from service.state import ServiceState
+from service.ui import router as ui_router
 
 log = logging.getLogger("service.app")
 
@@ -225,6 +226,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(batch_router)  # POST /search/batch
     app.include_router(listings_router)  # GET /listings/{id}, /listings/{id}/similar
     app.include_router(events_router)
+    app.include_router(ui_router)  # GET /ui: the try-it page (service/static/ui/)
 
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> Response:
