@@ -82,7 +82,8 @@ def start_server(artifacts: Path, port: int, workers: int, env_extra: dict[str, 
     not take its CPU (every thread the server starts inherits the mask)."""
     env = {**os.environ, "SERVICE_CACHE_SIZE": "0", "SERVICE_RELOAD_POLL_S": "0", "SERVICE_LOG_LEVEL": "warning",
            "SERVICE_MAX_QUEUE": "4096", "SERVICE_REQUEST_TIMEOUT_MS": "10000", **env_extra}
-    cmd = [str(ROOT / ".venv/bin/service"), "serve", "--artifacts", str(artifacts), "--host", "127.0.0.1",
+    exe = ROOT / ".venv/bin/service"  # the console script; a bare copy of the tree (the GPU machine) runs the module
+    cmd = [*([str(exe)] if exe.exists() else [sys.executable, "-m", "service.cli"]), "serve", "--artifacts", str(artifacts), "--host", "127.0.0.1",
            "--port", str(port), "--workers", str(workers)]
     if cpus:
         cmd = ["taskset", "-c", cpus, *cmd]
