@@ -163,14 +163,24 @@ def cmd_versions(a: argparse.Namespace) -> int:
 
     store = ArtifactStore(a.artifacts)
     current = store.current_version()
+    print("  (* = current: what `serve` loads)")
     for v in store.list_versions():
         m = store.manifest(v)
         mark = "*" if v == current else " "
-        print(f"{mark} {v}  objective={m.get('objective')} items={m.get('n_items')} "
-              f"recall@100={m.get('metrics', {}).get('recall@100', 'n/a')} gate={m.get('gate', {}).get('passed')} "
+        metrics = m.get("metrics", {})
+        gate = m.get("gate", {})
+        forced = " (forced)" if gate.get("overrides") else ""
+        print(f"{mark} {v}  created={m.get('created', 'n/a')} objective={m.get('objective')} items={m.get('n_items')} "
+              f"recall@100={fmt_metric(metrics.get('recall@100'))} ndcg@10={fmt_metric(metrics.get('ndcg@10'))} "
+              f"gate={'passed' if gate.get('passed') else 'FAILED' + forced if gate else 'n/a'} "
               f"lexical={'yes' if m.get('lexical') else 'no (hybrid serves dense)'}"
               f" weights={weights_text(m.get('view_weights'))}")
     return 0
+
+
+def fmt_metric(value: Any) -> str:
+    """A metric as `versions` shows it: 3 decimals, n/a when unmeasured."""
+    return f"{value:.3f}" if isinstance(value, int | float) and not isinstance(value, bool) else "n/a"
 
 
 def weights_text(weights: dict[str, float] | None) -> str:

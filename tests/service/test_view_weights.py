@@ -62,3 +62,21 @@ def test_versions_command_prints_the_weights(built: Path, capsys) -> None:
         w = store.manifest(version)["view_weights"]
         shown = ",".join(f"{t}:{w[t]:.2f}" for t in sorted(w, key=lambda t: (-w[t], t)))  # heaviest first
         assert f"weights={shown}" in lines[version]
+
+
+def test_versions_shows_date_current_mark_and_rounded_metrics(built: Path, capsys) -> None:
+    assert main(["versions", "--artifacts", str(built)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    store = ArtifactStore(built)
+    current = store.current_version()
+    rows = [line for line in out if line[2:].split()[0] in store.list_versions()]
+    assert [line[0] for line in rows].count("*") == 1 and any(line.startswith(f"* {current} ") for line in rows)
+    for line in rows:
+        version = line[2:].split()[0]
+        m = store.manifest(version)
+        assert f"created={m['created']}" in line
+        for key in ("recall@100", "ndcg@10"):
+            value = m.get("metrics", {}).get(key)
+            shown = f"{key}={value:.3f}" if isinstance(value, float) else f"{key}=n/a"
+            assert shown in line, (shown, line)
+        assert ("gate=passed" in line) == bool(m["gate"]["passed"])
