@@ -120,7 +120,9 @@ def driver() -> Iterator:
     # an explicit driver path: Selenium Manager is never run (it would try to download one)
     d = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     try:
-        d.set_window_size(1200, 800)
+        # the page's viewport itself 1200x800 (the window's size would include the browser's frame)
+        d.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                          {"width": 1200, "height": 800, "deviceScaleFactor": 1, "mobile": False})
         yield d
     finally:
         d.quit()
@@ -197,6 +199,17 @@ def shown(d, element_id: str) -> bool:
     return d.find_element(By.ID, element_id).is_displayed()
 
 
+def save_small_png(d, path: Path) -> None:
+    """The screenshot as a 256-colour PNG (a few tens of kB for the README)."""
+    import io
+
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(io.BytesIO(d.get_screenshot_as_png())) as im:
+        im.convert("RGB").quantize(colors=256).save(path, optimize=True)
+
+
 # ------------------------------------------------------------------------------ the tests
 
 def test_the_page_and_its_files_ship_as_package_data() -> None:
@@ -257,8 +270,7 @@ def test_search_pages_more_like_this_and_filters_in_a_browser(server: Server, dr
     shot = os.environ.get("UI_SCREENSHOT")
     d.save_screenshot(str(tmp_path / "ui.png"))
     if shot:
-        Path(shot).parent.mkdir(parents=True, exist_ok=True)
-        d.save_screenshot(shot)
+        save_small_png(d, Path(shot))
 
     # pages: next is the following K, previous comes back to the same page
     assert not d.find_element("id", "prev").is_enabled()
