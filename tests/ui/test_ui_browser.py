@@ -236,8 +236,8 @@ def test_ui_routes_serve_fixed_files_outside_the_schema(server: Server) -> None:
     assert not [p for p in paths if p.startswith("/ui")]
 
 
-def test_search_pages_more_like_this_and_filters_in_a_browser(server: Server, driver, tmp_path: Path) -> None:
-    d = driver
+def test_search_pages_more_like_this_and_filters_in_a_browser(driver, server: Server, tmp_path: Path) -> None:
+    d = driver  # first: without a browser the test skips before the server starts
     d.get(server.url + "/ui")
     until(d, lambda: "listings" in text(d, "#served"), "the page to read /readyz")
     assert not shown(d, "answer")
