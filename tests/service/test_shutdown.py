@@ -10,18 +10,15 @@ exits 0 well within the pod's grace period (k8s/base/deployment.yaml: 45 s minus
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from live_server import Server, serve
 
 pytestmark = pytest.mark.slow
 
@@ -29,41 +26,9 @@ BATCH_WAIT_S = 3.0  # how long the first request of a batch waits for company
 EXIT_WITHIN_S = 35.0  # terminationGracePeriodSeconds (45) - preStop sleep (10)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen
-    url: str
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-
-def wait_ready(server: Server, timeout_s: float = 180.0) -> None:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if server.proc.poll() is not None:
-            raise AssertionError(f"`service serve` exited with {server.proc.returncode}:\n{server.output()}")
-        try:
-            if httpx.get(server.url + "/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"not ready after {timeout_s}s:\n{server.output()}")
-
-
 @pytest.fixture
 def server(tiny_build, tmp_path: Path) -> Iterator[Server]:
-    port = free_port()
-    env = dict(os.environ)
-    env.update({
+    env = {
         "SERVICE_MAX_WAIT_US": str(int(BATCH_WAIT_S * 1e6)),
         "SERVICE_MAX_BATCH": "64",
         "SERVICE_REQUEST_TIMEOUT_MS": "30000",
@@ -72,22 +37,9 @@ def server(tiny_build, tmp_path: Path) -> Iterator[Server]:
         "SERVICE_WARMUP_QUERIES": "1",
         "SERVICE_TORCH_THREADS": "1",
         "OMP_NUM_THREADS": "1",
-    })
-    log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--artifacts", str(tiny_build.path.parent.parent),
-             "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=out, stderr=subprocess.STDOUT,
-        )
-    s = Server(proc, f"http://127.0.0.1:{port}", log)
-    try:
-        wait_ready(s)
+    }
+    with serve(tiny_build.path.parent.parent, tmp_path / "serve.log", env) as s:
         yield s
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
 
 
 def timed_search(url: str, query: str) -> tuple[int, float, dict]:

@@ -14,16 +14,12 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from live_server import Server, serve
 
 pytestmark = pytest.mark.slow
 
@@ -33,62 +29,12 @@ K = 10  # results per page in the browser test
 WAIT_S = 30.0
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen
-    url: str
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_build, tiny_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    port = free_port()
-    env = dict(os.environ)
-    env.update({
-        "SERVICE_IMAGE_ROOT": str(tiny_sample),
-        "SERVICE_RELOAD_POLL_S": "0",
-        "SERVICE_WARMUP_QUERIES": "1",
-        "SERVICE_TORCH_THREADS": "1",
-        "OMP_NUM_THREADS": "1",
-    })
-    log = tmp_path_factory.mktemp("ui") / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--artifacts", str(tiny_build.path.parent.parent),
-             "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=out, stderr=subprocess.STDOUT,
-        )
-    s = Server(proc, f"http://127.0.0.1:{port}", log)
-    try:
-        end = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"`service serve` exited with {proc.returncode}:\n{s.output()}")
-            try:
-                if httpx.get(s.url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > end:
-                raise AssertionError(f"not ready after 180 s:\n{s.output()}")
-            time.sleep(0.2)
+    env = {"SERVICE_IMAGE_ROOT": str(tiny_sample), "SERVICE_RELOAD_POLL_S": "0", "SERVICE_WARMUP_QUERIES": "1",
+           "SERVICE_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    with serve(tiny_build.path.parent.parent, tmp_path_factory.mktemp("ui") / "serve.log", env) as s:
         yield s
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 def browser_missing() -> str | None:
