@@ -37,9 +37,15 @@ import numpy as np
 from index.search import SearchResult
 
 TOKENIZER = "alnum-v1"
-# A letters+digits query token held by at most this many listings is an identifier (hybrid
-# search ranks the listings that hold it first: service/fusion.py).
+# A letters+digits query token held by at most this many listings (and at most 1% of them) is
+# an identifier (hybrid search ranks the listings that hold it first: service/fusion.py).
 IDENTIFIER_MAX_DF = 50
+
+
+def identifier_max_df(n_docs: int) -> int:
+    """How many listings may hold an identifier: 50, or 1% of a small catalog (at least 3), so a
+    size that a tenth of a 300-listing catalog holds ("90x200") is not one."""
+    return max(3, min(IDENTIFIER_MAX_DF, -(-n_docs // 100)))
 META = "lexical.json"
 DOCS = "lexical.docs.jsonl"  # the indexed texts, one JSON string per row (update-index carries them)
 # bm25s' files, flat beside the version's other files (prefixed, so a version folder stays flat).
@@ -153,19 +159,25 @@ class LexicalIndex:
         return np.asarray(self._bm25.get_scores_from_ids(ids), dtype=np.float32)
 
     def identifier_matches(self, query: str, allowed: np.ndarray | None = None,
-                           max_df: int = IDENTIFIER_MAX_DF) -> tuple[np.ndarray, np.ndarray]:
+                           max_df: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Listings that hold the query's identifiers -> (rows (m,) sorted, counts (m,) how many).
 
-        An identifier is a query token that mixes letters and digits ("tr174" of "TR-174", "hy198")
-        and that at most `max_df` listings hold: a model number, not a size every listing has."""
+        An identifier is a word of the query with a form that mixes letters and digits ("TR-174"
+        -> "tr174", "HY198") and that few listings hold: at most `max_df`, by default
+        `identifier_max_df(n_docs)`: a model number, not a size most listings have. A listing
+        counts once per such word whichever of its spellings it holds ("SM-G991B" and "SMG991B"
+        meet, as the tokenizer means them to)."""
+        cap = identifier_max_df(self.n_docs) if max_df is None else max_df
         found: dict[int, int] = {}
         indptr, indices = self._bm25.scores["indptr"], self._bm25.scores["indices"]
-        for tok in dict.fromkeys(t for t in tokenize(query) if _mixed(t) and len(t) >= 3):
-            v = self._vocab.get(tok)
-            if v is None or indptr[v + 1] - indptr[v] > max_df:
-                continue
-            for r in indices[indptr[v]:indptr[v + 1]]:
-                found[int(r)] = found.get(int(r), 0) + 1
+        for word in dict.fromkeys(query.lower().split()):
+            holders: set[int] = set()
+            for tok in dict.fromkeys(t for t in tokenize(word) if _mixed(t) and len(t) >= 3):
+                v = self._vocab.get(tok)
+                if v is not None and indptr[v + 1] - indptr[v] <= cap:
+                    holders.update(int(r) for r in indices[indptr[v]:indptr[v + 1]])
+            for r in holders:
+                found[r] = found.get(r, 0) + 1
         rows = np.fromiter(sorted(found), np.int64, len(found))
         if allowed is not None and len(rows):
             rows = rows[allowed[rows]]

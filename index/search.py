@@ -297,18 +297,21 @@ class FaissCpuSearcher(Searcher):
         """A tier's rows: the allowed candidates of its pool, exactly scored; a query left with fewer
         than `size` (an IVF probe or HNSW walk that found too few rows passing the filter, a GPU
         oversample the filter emptied) or a tier without a pool is answered by the exact scan."""
-        everything = np.arange(self.ntotal) if rows_ok is None else rows_ok
+        def everything() -> np.ndarray:  # built only for an exact scan (an arange of n rows is not free)
+            return np.arange(self.ntotal) if rows_ok is None else rows_ok
+
         if pool is None:
-            return _exact_subset(self.vectors, everything, q, size)
+            return _exact_subset(self.vectors, everything(), q, size)
         pool, scores = pool
         if allowed is not None:
             scores = np.where((pool >= 0) & allowed[np.maximum(pool, 0)], scores, -np.inf)
             pool = np.where(np.isfinite(scores), pool, -1)
         res = _best(pool, scores, size)
         if allowed is not None:
-            short = np.flatnonzero((res.rows >= 0).sum(axis=1) < min(size, len(everything)))
+            n_ok = self.ntotal if rows_ok is None else len(rows_ok)
+            short = np.flatnonzero((res.rows >= 0).sum(axis=1) < min(size, n_ok))
             if len(short):
-                again = _exact_subset(self.vectors, everything, q[short], size)
+                again = _exact_subset(self.vectors, everything(), q[short], size)
                 res.scores[short], res.rows[short] = again.scores, again.rows
         return res
 

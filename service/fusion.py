@@ -54,8 +54,9 @@ class FusionSpec:
     # Candidates per list before fusion (at least offset + k): deep enough that an item ranked
     # well by one side only can still surface, cheap to fuse (100 vs 200: within noise).
     candidates: int = 100
-    # Listings holding the query's exact identifiers first (module docstring). Measured on the
-    # sample's model-number queries and homedepot's identifier subset (docs/RESULTS.md).
+    # Listings holding the query's exact identifiers first (module docstring); tested on model
+    # numbers a dense near-miss outranked (tests/service/test_identifiers.py); not yet measured on
+    # homedepot's identifier subset (docs/SERVING.md §8).
     identifier_boost: bool = True
 
     def __post_init__(self) -> None:

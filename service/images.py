@@ -3,13 +3,14 @@
 `image_root` (SERVICE_IMAGE_ROOT) is usually the catalog's folder, which also holds catalog.jsonl,
 interactions.jsonl (shoppers' queries) and judgments. A static mount would serve all of them, so
 this route answers only a reference that a listing of the LOADED version names (the `image`
-column of its listing store), with an image file suffix, resolved inside the root (no `..`, no
+and `images` columns of its listing store), with an image file suffix, resolved inside the root (no `..`, no
 symlink out); every other path is 404 with the service's error body. The set of references is read
 once per loaded version, on the first image request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from pathlib import Path
 
@@ -58,7 +59,8 @@ async def image(ref: str, request: Request, state: State) -> Response:
     lv = state.engine.current if state.engine.ready else None
     if root is None or lv is None:
         raise NotFound("image: not found")
-    known = request.app.state.image_refs.of(lv.version, lv.store.image_refs)
+    # read once per version, in a thread: a full scan of the listing store must not stall the loop
+    known = await asyncio.to_thread(request.app.state.image_refs.of, lv.version, lv.store.image_refs)
     path = resolve_image(Path(root), ref, known)
     if path is None:
         raise NotFound("image: not found")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Annotated, TypeVar
 
@@ -151,13 +152,13 @@ async def search_post(body: SearchBody, state: State) -> Response:
 ATTR_PREFIX = "attr."  # GET /search?attr.color=red,blue: the attribute filter of POST's filters.attributes
 
 
-def split_values(raw: list[str], whole: dict[str, int] | None = None) -> list[str]:
+def split_values(raw: list[str], known: Callable[[str], bool] | None = None) -> list[str]:
     """GET filter values: repeated (`category=a&category=b`) or comma-separated (`category=a,b`).
-    A value that is itself a known name (`whole`: a category of the served version, compared as
-    filters compare) stays whole, so a category like "Tables, desks" still matches."""
+    A value that is itself a name the served version holds (`known`: a category, or a value of that
+    attribute, compared as filters compare) stays whole, so "Tables, desks" still matches."""
     out: list[str] = []
     for value in raw:
-        if whole and norm(value) in whole:
+        if known is not None and known(norm(value)):
             out.append(value)
         else:
             out.extend(part for part in (p.strip() for p in value.split(",")) if part)
@@ -202,10 +203,14 @@ def query_filters(state: ServiceState, request: Request, category: list[str] | N
                   price_max: float | None) -> SearchFilters | None:
     """A GET query string's filters (category=, attr.KEY=, price_min=, price_max=) as SearchFilters."""
     price = {"min": price_min, "max": price_max} if price_min is not None or price_max is not None else None
-    vocab = state.engine.current.filters.category_vocab if state.engine.ready else {}
-    categories = split_values(category or [], vocab)
-    attributes = {name[len(ATTR_PREFIX):]: split_values(request.query_params.getlist(name))
-                  for name in request.query_params if name.startswith(ATTR_PREFIX)}
+    cols = state.engine.current.filters if state.engine.ready else None
+    categories = split_values(category or [], cols and cols.category_vocab.__contains__)
+    attributes = {}
+    for name in request.query_params:
+        if name.startswith(ATTR_PREFIX):
+            key = norm(name[len(ATTR_PREFIX):])
+            held = cols and (lambda v, key=key: (key, v) in cols.attribute_rows)
+            attributes[name[len(ATTR_PREFIX):]] = split_values(request.query_params.getlist(name), held)
     try:
         return (SearchFilters(category=categories, attributes=attributes or None, price=price)
                 if categories or attributes or price else None)

@@ -241,3 +241,16 @@ def test_eval_headline_is_the_served_mode(tiny_build, tiny_sample: Path, capsys,
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["served_mode"] == "dense" and out["served"]["ndcg@10"] == out["ndcg@10"]
+
+
+def test_get_filter_values_keep_a_known_name_with_a_comma_whole() -> None:
+    from index.filters import FilterColumns
+    from service.routes import split_values
+
+    cols = FilterColumns.from_rows(["Tables, desks", "mug"], [1.0, 2.0], [{"fabric": "cotton, linen"}, {}])
+    assert split_values(["Tables, desks", "mug,vase"], cols.category_vocab.__contains__) == \
+        ["Tables, desks", "mug", "vase"]
+    held = lambda v: ("fabric", v) in cols.attribute_rows  # noqa: E731
+    assert split_values(["Cotton,  Linen"], held) == ["Cotton,  Linen"]  # compared as filters compare
+    assert split_values(["red,blue"], held) == ["red", "blue"]
+    assert split_values(["a,,b, "]) == ["a", "b"]

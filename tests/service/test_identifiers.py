@@ -101,13 +101,23 @@ def test_filters_pages_and_evaluation_agree_with_the_boost(world, tmp_path_facto
     assert ranked["hybrid"][0] == whole
 
 
+def test_spellings_of_one_model_number_count_once() -> None:
+    lex = LexicalIndex.build(["phone SM-G991B case", "phone SMG991B case", "phone case"] + ["case"] * 300)
+    rows, counts = lex.identifier_matches("SM-G991B")
+    assert rows.tolist() == [0, 1] and counts.tolist() == [1, 1]  # was 2 for the hyphenated one
+    rows, counts = lex.identifier_matches("SM-G991B case x7000")
+    assert counts.tolist() == [1, 1]
+
+
 def test_a_common_letters_digits_token_is_not_an_identifier() -> None:
-    docs = [f"cable usb2 {i}" for i in range(80)] + ["cable usbc adapter"]
+    docs = [f"cable usb2 {i}" for i in range(80)] + ["cable usbc adapter"] + ["plain"] * 9000
     lex = LexicalIndex.build(docs)
     rows, counts = lex.identifier_matches("usb2 cable")  # 80 listings hold usb2: a spec, not a model number
     assert len(rows) == 0
     rows, counts = lex.identifier_matches("usb2 cable", max_df=100)
     assert len(rows) == 80 and (counts == 1).all()
+    small = LexicalIndex.build(["bed 90x200"] * 4 + ["bed"] * 296)  # 4 of 300 hold it: over 1%, a size
+    assert len(small.identifier_matches("90x200")[0]) == 0
     allowed = np.zeros(len(docs), bool)
     allowed[:3] = True
     assert lex.identifier_matches("usb2", allowed=allowed, max_df=100)[0].tolist() == [0, 1, 2]
