@@ -96,8 +96,11 @@ class FilterColumns:
                 if rows is not None:
                     ok[rows] = True
             m &= ok
+        # Bounds past float32's range (1e39) compare as its largest value: the prices column is float32
+        # and a larger scalar would overflow in the cast (nothing finite lies beyond it either way).
+        top = float(np.finfo(np.float32).max)
         if f.price_min is not None:
-            m &= self.prices >= f.price_min  # NaN compares False: unknown prices never match
+            m &= self.prices >= min(f.price_min, top)  # NaN compares False: unknown prices never match
         if f.price_max is not None:
-            m &= self.prices <= f.price_max
+            m &= self.prices <= min(f.price_max, top)
         return m

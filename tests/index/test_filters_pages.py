@@ -154,3 +154,16 @@ def test_a_listing_scores_the_same_on_every_path(catalog, key: str, monkeypatch)
         rows = np.array(sorted(first))
         np.testing.assert_array_equal(exact_scores(x16, q[b:b + 1], rows[None])[0], [first[r] for r in rows])
     assert seen > len(q) * 60
+
+
+def test_price_bounds_past_float32_range_do_not_overflow() -> None:
+    import warnings
+
+    from index.filters import Filter, FilterColumns
+
+    cols = FilterColumns.from_rows(["a", "b", "c"], [1.0, 3.0e38, None], [{}, {}, {}])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cols.mask(Filter.build(price_min=1e300)).tolist() == [False, False, False]
+        assert cols.mask(Filter.build(price_max=1e300)).tolist() == [True, True, False]
+        assert cols.mask(Filter.build(price_min=2.0, price_max=1e300)).tolist() == [False, True, False]
