@@ -52,6 +52,9 @@ def _add_build_args(p: argparse.ArgumentParser, artifacts: bool = True) -> None:
     p.add_argument("--keep-versions", type=int, default=0, help="delete all but the newest N versions (0: keep all)")
     p.add_argument("--version", help="version name (default: timestamp-digest)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--view-vectors", default="auto", choices=["auto", "on", "off"],
+                   help="write per-view vectors for /search explain (auto: up to 200,000 listings; "
+                   "S*d*2 + S*2 bytes each)")
     add_threads_arg(p)
 
 
@@ -79,6 +82,7 @@ def cmd_build_index(a: argparse.Namespace) -> int:
         publish=not a.no_publish, min_recall_at_100=a.min_recall_at_100, min_ann_recall=a.min_ann_recall,
         progress=not a.no_progress, version=a.version, keep_versions=a.keep_versions,
         memory_budget_gb=a.memory_budget_gb, target_ann_recall=a.target_ann_recall, served_k=a.served_k,
+        view_vectors=a.view_vectors,
     )
     try:
         result = build_index(opts)

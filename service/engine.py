@@ -111,6 +111,10 @@ class LoadedVersion:
     filters: FilterColumns
     lexical: LexicalIndex | None = None  # None: a version built without one (hybrid -> dense)
     ann_recall: dict[str, Any] = field(default_factory=dict)  # tuned vs as placed (index/placed_recall.py)
+    # Per-view vectors (n, S, d) and slot weights (n, S), memory-mapped, read only by explain
+    # (service/explain.py); None for a version built without them.
+    view_vectors: np.ndarray | None = None
+    slot_weights: np.ndarray | None = None
 
     @property
     def model_version(self) -> str:
@@ -143,6 +147,7 @@ def load_version(settings: Settings, version: str | None = None) -> LoadedVersio
         vectors = np.load(folder / "vectors.npy", mmap_mode="r")
         listings = ListingStore(folder / "listings.sqlite")
         lexical = load_lexical(folder, manifest)
+        view_vectors, slot_weights = load_view_vectors(folder, manifest)
     except (ValueError, OSError, sqlite3.DatabaseError) as e:
         raise ArtifactError(f"{folder}: unreadable artifact ({type(e).__name__}: {e})") from e
     n, dim = manifest["n_items"], manifest["dim"]
@@ -153,6 +158,10 @@ def load_version(settings: Settings, version: str | None = None) -> LoadedVersio
     }
     if lexical is not None:
         checks["lexical documents"] = (lexical.n_docs, n)
+    if view_vectors is not None and slot_weights is not None:
+        slots = len((manifest.get("view_vectors") or {}).get("slots") or ())
+        checks.update({"view_vectors.npy shape": (view_vectors.shape, (n, slots, dim)),
+                       "slot_weights.npy shape": (slot_weights.shape, (n, slots))})
     for what, (got, want) in checks.items():
         if got != want:
             raise ArtifactError(f"{folder}: {what} is {got}, the manifest says {want}")
@@ -160,7 +169,18 @@ def load_version(settings: Settings, version: str | None = None) -> LoadedVersio
                              gpu_shard=settings.index_gpu_shard, torch_scratch_mb=settings.torch_search_scratch_mb,
                              torch_mask_cache=settings.torch_mask_cache)
     ann = recall_report(manifest, searcher, vectors, settings.placed_recall_queries, cpu_index=index)
-    return LoadedVersion(version, manifest, encoder, searcher, listings, listings.filter_columns(), lexical, ann)
+    return LoadedVersion(version, manifest, encoder, searcher, listings, listings.filter_columns(), lexical, ann,
+                         view_vectors, slot_weights)
+
+
+def load_view_vectors(folder: Path, manifest: dict[str, Any]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The version's per-view vectors and slot weights, memory-mapped; (None, None) for a version
+    whose manifest names none (built before explain, or with --view-vectors off)."""
+    meta = manifest.get("view_vectors")
+    if not meta:
+        return None, None
+    vectors_file, weights_file = meta["files"]
+    return np.load(folder / vectors_file, mmap_mode="r"), np.load(folder / weights_file, mmap_mode="r")
 
 
 def load_lexical(folder: Path, manifest: dict[str, Any]) -> LexicalIndex | None:

@@ -36,7 +36,7 @@ from index.search import FaissCpuSearcher
 from index.tune import tune_and_check
 from model.catalog import Catalog, Listing, load_catalog
 from model.checkpoint import new_model, save_model
-from model.config import ImageConfig, ModelConfig, TextConfig, TowerConfig, TrainConfig
+from model.config import VIEW_TYPES, ImageConfig, ModelConfig, TextConfig, TowerConfig, TrainConfig
 from model.crossview import leave_one_view_out, slot_embeddings
 from model.data import TrainingSet, build_training_set, pseudo_queries
 from model.diagnostics import modality_gap
@@ -56,6 +56,16 @@ from service.fusion import FusionSpec
 log = logging.getLogger("service.build")
 # Above this many listings the per-view embeddings are not all held at once (cross-view skipped).
 CROSSVIEW_MAX_ITEMS = 200_000
+# `--view-vectors auto` writes the per-view vectors (explain, service/explain.py) up to this many
+# listings: S·d·2 + S·2 bytes each (4,112 at S=8 slots, d=256: 0.82 GB at 200,000; on disk,
+# memory-mapped, read only for explained hits), and the build holds every view in memory (fp32,
+# twice that) to write them, as cross-view does below the same size (docs/PERFORMANCE.md).
+VIEW_VECTORS_AUTO_MAX = CROSSVIEW_MAX_ITEMS
+VIEW_VECTORS = ("auto", "on", "off")
+
+
+VIEW_VECTORS_FILE = "view_vectors.npy"
+SLOT_WEIGHTS_FILE = "slot_weights.npy"
 
 
 class GateFailed(RuntimeError):
@@ -103,6 +113,16 @@ class BuildOptions:
     min_relevant: float | None = None
     # Build the BM25 index beside the dense one (index/lexical.py; hybrid search needs it).
     lexical: bool = True
+    # Per-view vectors + slot weights for /search explain: auto (up to VIEW_VECTORS_AUTO_MAX
+    # listings), on, off.
+    view_vectors: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.view_vectors not in VIEW_VECTORS:
+            raise ValueError(f"view_vectors: {self.view_vectors!r} is not one of {', '.join(VIEW_VECTORS)}")
+
+    def wants_view_vectors(self, n_items: int) -> bool:
+        return self.view_vectors == "on" or (self.view_vectors == "auto" and n_items <= VIEW_VECTORS_AUTO_MAX)
 
 
 @dataclass
@@ -216,17 +236,46 @@ def train_stage(inputs: Inputs, features: np.ndarray, ok: np.ndarray, opts: Buil
     return model, tokenizer, data, trunk, info
 
 
+@dataclass
+class ViewVectors:
+    """What explain reads per listing: every slot's unit view embedding and the weight fusion gave it."""
+    vectors: np.ndarray  # (n, S, d) unit view embeddings, zeros where the listing lacks the slot
+    weights: np.ndarray  # (n, S) the fused vector's per-slot weights w_s (0: missing or not indexed)
+    slots: tuple[str, ...]  # (S,) a name per slot: title, image, description, tags, image_other.1, ...
+
+
+def slot_names(types: Sequence[int]) -> tuple[str, ...]:
+    """Slot view types -> names; the other photos numbered from 1 (image_other.1, image_other.2, ...)."""
+    names, seen = [], 0
+    for t in types:
+        if VIEW_TYPES[t] == "image_other":
+            seen += 1
+            names.append(f"image_other.{seen}")
+        else:
+            names.append(VIEW_TYPES[t])
+    return tuple(names)
+
+
 def embed_stage(model: TwoTower, tokenizer: Any, data: TrainingSet, device: torch.device, trunk: TrunkCache | None,
-                opts: BuildOptions) -> tuple[np.ndarray, dict[str, Any]]:
-    """In-process embedding with the training-time trunk cache -> (vectors (n, d), cross-view metrics)."""
-    if len(data.views) > CROSSVIEW_MAX_ITEMS:  # too large to hold every view: chunks, no cross-view
+                opts: BuildOptions) -> tuple[np.ndarray, dict[str, Any], ViewVectors | None]:
+    """In-process embedding with the training-time trunk cache -> (vectors (n, d), cross-view metrics,
+    the per-view vectors when `opts` wants them)."""
+    n = len(data.views)
+    want_views = opts.wants_view_vectors(n)
+    if n > CROSSVIEW_MAX_ITEMS and not want_views:  # too large to hold every view: chunks, no cross-view
         return embed_listings(model, tokenizer, data.views, data.slots, data.image_features, device, trunk=trunk,
-                              progress=opts.progress), {}
+                              progress=opts.progress), {}, None
     z = slot_embeddings(model, tokenizer, data.views, data.slots, data.image_features, device, trunk=trunk)  # (n, S, d)
     st = torch.tensor(data.slots.types)
+    present = torch.from_numpy(data.slots.present)  # (n, S)
     with torch.inference_mode():
-        vectors = model.cpu().fuse(z, torch.from_numpy(data.slots.present), st).numpy()  # (n, d)
-    return vectors, leave_one_view_out(model, z, data.slots.present, data.slots.types, seed=opts.seed)
+        model = model.cpu()
+        vectors = model.fuse(z, present, st).numpy()  # (n, d)
+        weights = model.fusion.slot_weights(present, st, model.index_views).numpy()  # (n, S), as fuse used them
+    views = ViewVectors(z.numpy(), weights, slot_names(data.slots.types)) if want_views else None
+    crossview = leave_one_view_out(model, z, data.slots.present, data.slots.types, seed=opts.seed) \
+        if n <= CROSSVIEW_MAX_ITEMS else {}
+    return vectors, crossview, views
 
 
 def listing_records(listings: Sequence[Listing], start: int = 0) -> list[ListingRecord]:
@@ -371,7 +420,8 @@ def write_version(store: ArtifactStore, opts: BuildOptions, *, save_weights: Cal
                   tokenizer: Path, built: BuiltIndex, vectors: np.ndarray, records: Sequence[ListingRecord],
                   tune_vectors: np.ndarray | None, report: dict[str, Any], manifest: dict[str, Any],
                   lexical_docs: Sequence[str] | None = None,
-                  lexical_index: LexicalIndex | None = None, inherited_failures: Sequence[str] = ()) -> BuildResult:
+                  lexical_index: LexicalIndex | None = None, inherited_failures: Sequence[str] = (),
+                  views: ViewVectors | None = None) -> BuildResult:
     """Stage every file, commit (checksums), then publish unless the gate fails (GateFailed).
 
     `save_weights(path) -> sha256` writes model.safetensors; `manifest` gets the model digest,
@@ -379,7 +429,8 @@ def write_version(store: ArtifactStore, opts: BuildOptions, *, save_weights: Cal
     index (lexical.json + lexical.*, one document per row: `lexical_docs`, else `record_documents(records)`) is
     built unless `opts.lexical` is off (or taken as `lexical_index`, built from those documents
     already); its files are checksummed with the rest. `inherited_failures` fail the gate too (a
-    version derived from one whose gate failed, service/update.py)."""
+    version derived from one whose gate failed, service/update.py). `views`: the per-view vectors
+    (view_vectors.npy (n, S, d) and slot_weights.npy (n, S), fp16) that /search explain reads."""
     version = opts.version or new_version_name()
     failures = [*inherited_failures, *gate(manifest.get("metrics", {}), opts)]
     with store.stage(version) as staged:
@@ -390,6 +441,16 @@ def write_version(store: ArtifactStore, opts: BuildOptions, *, save_weights: Cal
         if tune_vectors is not None and len(tune_vectors):
             np.save(staged.path / "tune_queries.npy", np.asarray(tune_vectors, dtype=np.float16))
         write_listings(staged.path / "listings.sqlite", records)
+        view_meta = None
+        if views is not None:
+            if views.vectors.shape[:1] != vectors.shape[:1] or views.weights.shape != views.vectors.shape[:2]:
+                raise ValueError(f"view vectors {views.vectors.shape} / weights {views.weights.shape} do not match "
+                                 f"{vectors.shape[0]} listings")
+            np.save(staged.path / VIEW_VECTORS_FILE, np.asarray(views.vectors, dtype=np.float16))
+            np.save(staged.path / SLOT_WEIGHTS_FILE, np.asarray(views.weights, dtype=np.float16))
+            s_, d_ = views.vectors.shape[1:]
+            view_meta = {"slots": list(views.slots), "files": [VIEW_VECTORS_FILE, SLOT_WEIGHTS_FILE],
+                         "bytes_per_listing": int(s_ * d_ * 2 + s_ * 2)}
         lexical = None
         if opts.lexical:
             t0 = time.perf_counter()
@@ -414,6 +475,8 @@ def write_version(store: ArtifactStore, opts: BuildOptions, *, save_weights: Cal
         }
         if lexical is not None:
             manifest["lexical"] = lexical
+        if view_meta is not None:
+            manifest["view_vectors"] = view_meta
         path = store.commit(staged, manifest)
     manifest = store.manifest(version)
     if failures:
@@ -455,7 +518,7 @@ def build_index(opts: BuildOptions) -> BuildResult:
     timings["trunk_s"] = train_info.pop("trunk_seconds")
 
     t = time.perf_counter()
-    vectors, crossview = embed_stage(model, tokenizer, data, device, trunk, opts)
+    vectors, crossview, views = embed_stage(model, tokenizer, data, device, trunk, opts)
     timings["embed_s"] = time.perf_counter() - t
 
     done = index_and_evaluate(vectors, data.views.ids, inputs, model, tokenizer, device, opts, timings)
@@ -482,6 +545,7 @@ def build_index(opts: BuildOptions) -> BuildResult:
         tokenizer=resolve_weights_dir(opts.text_weights or None) / "tokenizer.json", built=done.built,
         vectors=vectors, records=listing_records(inputs.catalog.listings), tune_vectors=done.tune_vectors,
         report=report, manifest=manifest, lexical_docs=done.lexical_docs, lexical_index=done.lexical,
+        views=views,
     )
 
 

@@ -21,6 +21,7 @@ from service.cache import search_cached
 from service.details import find_listing, like_mode, parse_fields, with_fields
 from service.engine import LoadedVersion, SearchRequest
 from service.errors import AdminDisabled, InvalidRequest, NotReady, ReloadFailed, Unauthorized, public_message
+from service.explain import with_explain
 from service.fusion import FusionSpec
 from service.logctx import request_id_var
 from service.schemas import (
@@ -139,8 +140,11 @@ async def answer_body(state: ServiceState, body: SearchBody) -> SearchResponse:
     if body.like_id is not None and not state.engine.ready:
         raise NotReady("the service is not ready")
     fields = parse_fields(state, body.fields)
-    answer = await run_search(state, body_request(state, body))
-    return answer if fields.empty else await with_fields(state, answer, fields)
+    req = body_request(state, body)
+    answer = await run_search(state, req)
+    if not fields.empty:
+        answer = await with_fields(state, answer, fields)
+    return await with_explain(state, answer, req) if body.explain else answer
 
 
 @router.post("/search", response_model=SearchResponse, response_model_exclude_none=True,
@@ -195,8 +199,11 @@ async def search_get(request: Request) -> Response:
     fields = parse_fields(state, p.fields)
     weights = FusionWeights(dense=p.dense_weight, lexical=p.lexical_weight)
     mode, fusion = search_options(state, p.mode, p.fusion, p.rrf_k, weights)
-    answer = await run_search(state, to_request(state, p.q, p.k, p.offset, filters, mode, fusion))
-    return json_response(answer if fields.empty else await with_fields(state, answer, fields))
+    req = to_request(state, p.q, p.k, p.offset, filters, mode, fusion)
+    answer = await run_search(state, req)
+    if not fields.empty:
+        answer = await with_fields(state, answer, fields)
+    return json_response(await with_explain(state, answer, req) if p.explain else answer)
 
 
 def query_filters(state: ServiceState, request: Request, category: list[str] | None, price_min: float | None,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -16,6 +16,7 @@ from pydantic import (
     StrictStr,
     Tag,
     field_validator,
+    model_serializer,
 )
 
 Number = StrictInt | StrictFloat
@@ -64,6 +65,8 @@ class SearchBody(BaseModel):
     fusion: Literal["rrf", "weighted"] | None = Field(None, description="how hybrid fuses; default: the setting")
     rrf_k: StrictInt | None = Field(None, ge=0, le=10_000, description="the RRF constant (fusion rrf)")
     weights: FusionWeights | None = Field(None, description="weight of each list in the fusion")
+    explain: StrictBool = Field(False, description="add per hit its scores, ranks and per-view cosines "
+                                "(computed after the search, for this request only)")
 
 
 class SearchQuery(BaseModel):
@@ -85,6 +88,7 @@ class SearchQuery(BaseModel):
     lexical_weight: float | None = Field(None, ge=0, le=1000, allow_inf_nan=False)
     fields: str | None = Field(None, description="more of each hit, comma-separated: price, category, images, "
                                "attributes, attr.KEY (as in POST /search)")
+    explain: bool = Field(False, description="explain=1: as in POST /search")
 
 
 class SimilarQuery(BaseModel):
@@ -111,6 +115,34 @@ def query_parameters(model: type[BaseModel]) -> list[dict]:
     return out
 
 
+class ViewExplain(BaseModel):
+    view: str  # the slot: title, image, description, tags, image_other.1, ...
+    weight: float  # the per-slot weight w_s the fused vector used (0: a view type not indexed)
+    cosine: float  # query vector · this view's unit embedding
+
+
+class HitExplain(BaseModel):
+    """Why a hit is where it is (explain: true; service/explain.py)."""
+    dense_cosine: float | None = None
+    lexical_bm25: float | None = None
+    lexical_normalized: float | None = None
+    fused: float
+    dense_rank: int | None = None
+    lexical_rank: int | None = None
+    identifier_boost: bool = False
+    views: list[ViewExplain] | None = None
+    missing: list[str] = []
+
+    @model_serializer
+    def _all_keys(self) -> dict[str, Any]:
+        """Every key, nulls included (the responses are dumped with exclude_none)."""
+        return {"dense_cosine": self.dense_cosine, "lexical_bm25": self.lexical_bm25,
+                "lexical_normalized": self.lexical_normalized, "fused": self.fused, "dense_rank": self.dense_rank,
+                "lexical_rank": self.lexical_rank, "identifier_boost": self.identifier_boost,
+                "views": None if self.views is None else [v.model_dump() for v in self.views],
+                "missing": list(self.missing)}
+
+
 class SearchHit(BaseModel):
     id: str
     score: float
@@ -121,6 +153,7 @@ class SearchHit(BaseModel):
     category: str | None = None
     images: list[str] | None = Field(None, description="every photo URL, the primary first")
     attributes: dict[str, str] | None = Field(None, description="the stored attributes (all, or those attr.KEY names)")
+    explain: HitExplain | None = Field(None, description="only with explain: scores, ranks and views behind the hit")
 
 
 class ListingResponse(BaseModel):

@@ -171,7 +171,7 @@ def test_get_search_query_string(client) -> None:
     assert len(last) == 3  # a repeated scalar keeps its last value
     documented = {p["name"]: p for p in client.get("/openapi.json").json()["paths"]["/search"]["get"]["parameters"]}
     assert set(documented) == {"q", "k", "offset", "category", "price_min", "price_max", "mode", "fusion", "rrf_k",
-                               "dense_weight", "lexical_weight", "fields"}
+                               "dense_weight", "lexical_weight", "fields", "explain"}
     assert documented["q"]["required"] and documented["category"]["schema"]["anyOf"][0]["type"] == "array"
 
 
