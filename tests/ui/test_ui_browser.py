@@ -210,6 +210,13 @@ def test_search_pages_more_like_this_and_filters_in_a_browser(driver, server: Se
     for h in page1:
         assert re.fullmatch(r"\d+\.\d\d", h["price"]), h
         assert h["category"] and h["category"] != "no category", h
+    # explain: the first hit's panel names the fused score, both lists and its views
+    first = d.find_element("css selector", "li.hit details.explain")
+    first.find_element("tag name", "summary").click()
+    until(d, lambda: first.get_attribute("open") is not None, "the explain panel to open")
+    assert "fused score" in first.text and "dense cosine" in first.text and "BM25" in first.text
+    views = [r.text for r in first.find_elements("css selector", "tr.view")]
+    assert views and any(v.startswith("title") for v in views), views
     request_id = text(d, "#request-id")
     assert request_id and request_id != "none"
     assert float(text(d, "#took-ms")) >= 0

@@ -77,7 +77,7 @@ function effectiveMode() {
 
 // The POST /search body of the form (offset added per page).
 function readSearch() {
-  const body = { query: $("q").value, k: readK(), fields: FIELDS };
+  const body = { query: $("q").value, k: readK(), fields: FIELDS, explain: true };
   const filters = readFilters();
   if (Object.keys(filters).length) body.filters = filters;
   if ($("mode").value) body.mode = $("mode").value;
@@ -217,7 +217,56 @@ function renderHit(hit) {
   more.addEventListener("click", () => startSimilar(hit.id, hit.title));
 
   li.append(figure, title, facts, small, more);
+  if (hit.explain) li.append(renderExplain(hit.explain));
   return li;
+}
+
+function fmt(value, digits) {
+  return typeof value === "number" ? value.toFixed(digits) : "–";
+}
+
+// The explain panel of a hit (POST /search "explain": true): which list and which view carried it.
+function renderExplain(e) {
+  const panel = document.createElement("details");
+  panel.className = "explain";
+  const summary = document.createElement("summary");
+  summary.textContent = "Why here?";
+  panel.append(summary);
+  const rows = [
+    ["fused score", fmt(e.fused, 4)],
+    ["dense cosine (rank)", `${fmt(e.dense_cosine, 4)} (${e.dense_rank ?? "–"})`],
+    ["BM25 raw / normalised (rank)",
+     `${fmt(e.lexical_bm25, 3)} / ${fmt(e.lexical_normalized, 3)} (${e.lexical_rank ?? "–"})`],
+    ["exact model number", e.identifier_boost ? "yes: ranked first" : "no"],
+  ];
+  const table = document.createElement("table");
+  for (const [name, value] of rows) {
+    const tr = table.insertRow();
+    tr.insertCell().textContent = name;
+    tr.insertCell().textContent = value;
+  }
+  panel.append(table);
+  if (e.views && e.views.length) {
+    const views = document.createElement("table");
+    views.className = "views";
+    const head = views.insertRow();
+    for (const h of ["view", "weight", "cosine"]) head.insertCell().textContent = h;
+    for (const v of e.views) {
+      const tr = views.insertRow();
+      tr.className = "view";
+      tr.insertCell().textContent = v.view;
+      tr.insertCell().textContent = fmt(v.weight, 3);
+      tr.insertCell().textContent = fmt(v.cosine, 3);
+    }
+    panel.append(views);
+  }
+  if (e.missing && e.missing.length) {
+    const note = document.createElement("p");
+    note.className = "muted small";
+    note.textContent = `this version has no ${e.missing.join(", ")} to explain with`;
+    panel.append(note);
+  }
+  return panel;
 }
 
 function render(answer, requestId) {
