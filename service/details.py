@@ -25,7 +25,7 @@ from service.errors import InvalidRequest, NotFound
 from service.schemas import ListingResponse, SearchHit, SearchResponse
 from service.state import ServiceState
 
-ATTR_FIELD = "attr."
+ATTR_PREFIX = "attr."  # an attribute by name: fields=attr.KEY and GET /search?attr.KEY=v1,v2
 COLUMNS = ("price", "category", "images", "attributes")
 DEFAULT_FIELDS = ("id", "score", "title", "image")  # always there; naming them is allowed and changes nothing
 
@@ -58,8 +58,8 @@ def parse_fields(state: ServiceState, names: Sequence[str] | str | None, where: 
     for name in items:
         if name in COLUMNS:
             columns.add(name)
-        elif name.startswith(ATTR_FIELD) and len(name) > len(ATTR_FIELD):
-            attrs.append(name[len(ATTR_FIELD):])
+        elif name.startswith(ATTR_PREFIX) and len(name) > len(ATTR_PREFIX):
+            attrs.append(name[len(ATTR_PREFIX):])
         elif name not in DEFAULT_FIELDS:
             shown = name if len(name) <= 64 else name[:64] + "..."
             raise InvalidRequest(f"{where}: unknown field {shown!r}; known: {', '.join(DEFAULT_FIELDS + COLUMNS)}, "

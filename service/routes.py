@@ -18,7 +18,7 @@ from index import denylist
 from index.artifacts import ArtifactStore, GateRefused
 from index.filters import Filter, norm
 from service.cache import search_cached
-from service.details import find_listing, like_mode, parse_fields, with_fields
+from service.details import ATTR_PREFIX, find_listing, like_mode, parse_fields, with_fields
 from service.engine import LoadedVersion, SearchRequest
 from service.errors import AdminDisabled, InvalidRequest, NotReady, ReloadFailed, Unauthorized, public_message
 from service.explain import with_explain
@@ -151,9 +151,6 @@ async def answer_body(state: ServiceState, body: SearchBody) -> SearchResponse:
              responses={**ERRORS, 404: {"model": ErrorResponse}})
 async def search_post(body: SearchBody, state: State) -> Response:
     return json_response(await answer_body(state, body))
-
-
-ATTR_PREFIX = "attr."  # GET /search?attr.color=red,blue: the attribute filter of POST's filters.attributes
 
 
 def split_values(raw: list[str], known: Callable[[str], bool] | None = None) -> list[str]:
