@@ -33,8 +33,12 @@ def test_two_ranks_equal_one_process(objective: str, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     ddp = load_file(str(out))
     assert ddp.keys() == single.keys()
+    # Two ranks sum the gradients in another order than one process; AdamW divides by sqrt(v), so
+    # a coordinate whose gradient is near zero turns a 1e-9 rounding difference into up to ~1e-5
+    # of weight after 4 steps (measured 1.4e-5 on ft's text_proj on a CPU without bf16, where the
+    # unrolled Sinkhorn plans amplify rounding). 5e-5 is still 20x below what training moves.
     for k, v in single.items():
-        torch.testing.assert_close(ddp[k], v, rtol=1e-4, atol=1e-5, msg=k)
+        torch.testing.assert_close(ddp[k], v, rtol=1e-4, atol=5e-5, msg=k)
     # the comparison is sensitive: training really moved the weights far beyond the tolerance
     untrained = train_tiny(DistContext(), objective, steps=0)
     moved = max((single[k] - untrained[k]).abs().max().item() for k in single)
