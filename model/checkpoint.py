@@ -18,9 +18,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from model.config import ModelConfig
+from model.config import IMAGE_VIEWS, ModelConfig
 from model.text import BertConfig, MiniLM
-from model.towers import TwoTower
+from model.towers import ImageHead, TwoTower
 
 FORMAT = "mvretrieval.twotower/1"
 
@@ -100,3 +100,15 @@ def load_query_tower(path: str | Path, device: str | torch.device = "cpu") -> tu
     proj = nn.Linear(bert.hidden, cfg.tower.dim, bias=False)
     _load_into(proj, path, prefix="query_proj.", device=device)
     return encoder.to(device).eval(), proj.to(device).eval(), cfg
+
+
+def load_image_heads(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict[int, ImageHead], ModelConfig]:
+    """The trained photo projections (primary photo and other photos: view type -> ImageHead),
+    for encoding a shopper's photo into the listings' space; no text encoder is read."""
+    cfg, _ = _configs(read_metadata(path))
+    heads = {}
+    for i, view in enumerate(IMAGE_VIEWS):
+        head = ImageHead(cfg.image.feature_dim, cfg.tower.image_hidden, cfg.tower.dim)
+        _load_into(head, path, prefix=f"image_proj.{i}.", device=device)
+        heads[view] = head.to(device).eval().requires_grad_(False)
+    return heads, cfg

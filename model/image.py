@@ -58,6 +58,10 @@ class ImageError(ValueError):
         self.path, self.reason = os.fspath(path), reason
 
 
+class ImageTooLarge(ImageError):
+    """An image over the pixel limit (our `max_pixels` or Pillow's own decompression-bomb stop)."""
+
+
 # ---------------------------------------------------------------------------------------- network
 def same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
     """TensorFlow 'SAME' padding (before, after) of one axis: output ceil(size/stride), odd pixel last."""
@@ -207,15 +211,18 @@ def export_onnx(model: EfficientNetLite0, image_size: int) -> bytes:
 
 
 # ---------------------------------------------------------------------------------- preprocessing
-def _decode(data: bytes, name: str, size: int, mean: float, std: float, max_pixels: int) -> np.ndarray:
+def _decode(data: bytes, name: str, size: int, mean: float, std: float, max_pixels: int,
+            formats: Sequence[str] | None = None) -> np.ndarray:
+    """Bytes -> (3, size, size) float32 (see load_image). `formats`: the Pillow formats accepted
+    (None: any it knows); anything else is "not an image" before any of its data is decoded."""
     try:
         with warnings.catch_warnings():  # our own limit below replaces Pillow's warning threshold
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            im = Image.open(io.BytesIO(data), formats=formats)
         w, h = im.size
         if w * h > max_pixels:
-            raise ImageError(name, f"decompression-bomb guard: {w}x{h} = {w * h} pixels exceeds "
-                                   f"max_pixels={max_pixels}")
+            raise ImageTooLarge(name, f"decompression-bomb guard: {w}x{h} = {w * h} pixels exceeds "
+                                      f"max_pixels={max_pixels}")
         im.draft("RGB", (size, size))  # JPEG: decode at 1/2..1/8 scale, shorter side still >= size
         im.load()
         im = ImageOps.exif_transpose(im)  # phone photos are stored sideways with an EXIF rotation
@@ -235,14 +242,22 @@ def _decode(data: bytes, name: str, size: int, mean: float, std: float, max_pixe
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError(name, "not an image (format not recognised)") from None
+        accepted = f": accepted formats {', '.join(formats)}" if formats else ""
+        raise ImageError(name, f"not an image (format not recognised{accepted})") from None
     except Image.DecompressionBombError as e:
-        raise ImageError(name, f"decompression-bomb guard: {e}") from None
+        raise ImageTooLarge(name, f"decompression-bomb guard: {e}") from None
     except Exception as e:  # Pillow raises many types on corrupt data: report, never crash
         raise ImageError(name, f"truncated or corrupt image ({type(e).__name__}: {e})") from None
     arr = np.asarray(im, dtype=np.float32)  # (S, S, 3) in [0, 255]
     arr = arr * np.float32(1.0 / (255.0 * std)) - np.float32(mean / std)  # (S, S, 3), [-1, 1] by default
     return np.ascontiguousarray(arr.transpose(2, 0, 1))  # (3, S, S)
+
+
+def decode_image(data: bytes, cfg: ImageConfig, *, name: str = "image", max_pixels: int = MAX_PIXELS,
+                 formats: Sequence[str] | None = None) -> np.ndarray:
+    """Encoded image bytes (in memory, nothing written) -> the (3, S, S) float32 network input,
+    preprocessed exactly as listing photos are at build time; ImageError / ImageTooLarge."""
+    return _decode(data, name, cfg.image_size, cfg.mean, cfg.std, max_pixels, formats)
 
 
 def _read(path: str | os.PathLike[str]) -> bytes:
@@ -333,7 +348,10 @@ class ImageFeaturizer:
     """
 
     def __init__(self, cfg: ImageConfig, device: str | torch.device = "cpu", cache_dir: Path | None = None,
-                 batch_size: int = 32, backend: str = "auto", max_pixels: int = MAX_PIXELS) -> None:
+                 batch_size: int = 32, backend: str = "auto", max_pixels: int = MAX_PIXELS,
+                 keep_torch: bool = True) -> None:
+        """keep_torch=False drops the torch copy of the network once an ONNX session runs it
+        (a server's photo encoder: ~19 MB less per process)."""
         if backend not in ("auto", "torch", "onnx"):
             raise ValueError(f"backend: {backend!r} is not auto, torch or onnx")
         if cfg.feature_dim != FEATURE_DIM:
@@ -359,6 +377,8 @@ class ImageFeaturizer:
                 self._use_onnx()
             except Exception as e:  # auto means "fastest that works": torch always works
                 log.warning("image backbone: ONNX backend unavailable (%s: %s); using torch", type(e).__name__, e)
+        if self.backend == "onnx" and not keep_torch:
+            self._model = None  # type: ignore[assignment]
 
     def _use_onnx(self) -> None:
         """Export (once per feature key when there is a cache dir), load, and verify on a probe batch."""
@@ -391,6 +411,20 @@ class ImageFeaturizer:
         if self.backend == "onnx":
             return self._session.run(None, {"image": batch})[0]
         return self._run_torch(batch)
+
+    def features(self, batch: np.ndarray) -> np.ndarray:
+        """Preprocessed images (N, 3, S, S) float32 -> (N, 1280) float32, in chunks of batch_size;
+        nothing read from or written to the cache (a query photo)."""
+        if not len(batch):
+            return np.zeros((0, FEATURE_DIM), np.float32)
+        parts = [self._run(np.ascontiguousarray(batch[i:i + self.batch_size], np.float32))
+                 for i in range(0, len(batch), self.batch_size)]
+        return np.concatenate(parts).astype(np.float32, copy=False)  # (N, 1280)
+
+    @property
+    def describe(self) -> str:
+        """e.g. 'cpu/onnx', 'cuda/torch': for /readyz."""
+        return f"{self.device.type}/{self.backend}"
 
     def _cache_get(self, sha: str) -> np.ndarray | None:
         if self.cache_dir is None:

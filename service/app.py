@@ -38,6 +38,10 @@ from service.images import router as images_router
 from service.listings import router as listings_router
 from service.metrics import Metrics
 from service.middleware import RequestMiddleware
+from service.photo import PATH as PHOTO_PATH
+from service.photo import body_limit as photo_body_limit
+from service.photo import make_photo_runner
+from service.photo import router as photo_router
 from service.querylog import EventLog, QueryLog
 from service.routes import router
 from service.settings import Settings
@@ -169,6 +173,14 @@ def create_app(settings: Settings) -> FastAPI:
     state.cache = ResultCache(settings.cache_size, on_lookup=lambda hit: metrics.cache.labels("hit" if hit else "miss").inc(),
                               on_size=metrics.cache_entries.set)
     batcher.run_batch = make_batch_runner(state)
+    if settings.image_search:  # POST /search/image: photos are encoded in their own batcher and thread
+        photo_wait = metrics.stage.labels("photo_queue_wait")
+        state.photos = MicroBatcher(
+            lambda items: [], max_batch=settings.image_max_batch, max_wait_us=settings.max_wait_us,
+            max_queue=settings.image_max_queue, timeout_s=settings.request_timeout_ms / 1000,
+            on_batch=lambda n, waits: [photo_wait.observe(w) for w in waits],
+        )
+        state.photos.run_batch = make_photo_runner(state)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -177,6 +189,8 @@ def create_app(settings: Settings) -> FastAPI:
 
             torch.set_num_threads(settings.torch_threads)
         await batcher.start()
+        if state.photos is not None:
+            await state.photos.start()
         if settings.query_log is not None:  # opened per process: each worker writes its own file
             state.query_log = QueryLog(query_log_path(settings.query_log), redact=settings.query_log_redact,
                                        max_bytes=settings.query_log_max_bytes, backups=settings.query_log_backups,
@@ -198,6 +212,8 @@ def create_app(settings: Settings) -> FastAPI:
             metrics.ready.set(0)
             wake.set()
             await batcher.drain()
+            if state.photos is not None:
+                await state.photos.drain()
             follower.cancel()
             deny_follower.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -205,6 +221,8 @@ def create_app(settings: Settings) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await deny_follower
             await batcher.stop()
+            if state.photos is not None:
+                await state.photos.stop()
             for writer in (state.query_log, state.events_log):
                 if writer is not None:
                     await asyncio.to_thread(writer.close)
@@ -224,6 +242,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.svc = state
     app.include_router(router)
     app.include_router(batch_router)  # POST /search/batch
+    app.include_router(photo_router)  # POST /search/image: search by photo (service/photo.py)
     app.include_router(listings_router)  # GET /listings/{id}, /listings/{id}/similar
     app.include_router(events_router)
     app.include_router(ui_router)  # GET /ui: the try-it page (service/static/ui/)
@@ -260,12 +279,16 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Content-Type", "Authorization", "X-Request-ID"])
-    app.add_middleware(CancelOnDisconnect)  # inside RequestMiddleware: a client gone while queued is skipped
+    # inside RequestMiddleware: a client gone while queued is skipped
+    app.add_middleware(CancelOnDisconnect, paths=("/search", PHOTO_PATH))
     def shed(path: str) -> str | None:  # the batcher's own 429, decided before any routing (overload)
-        queued = path in ("/search", "/search/batch") or (path.startswith("/listings/") and path.endswith("/similar"))
+        queued = path in ("/search", "/search/batch", PHOTO_PATH) or (
+            path.startswith("/listings/") and path.endswith("/similar"))
         if queued and batcher.depth >= settings.max_queue:
             return f"too many queued requests (max_queue={settings.max_queue}); retry later"
         return None
 
-    app.add_middleware(RequestMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes, shed=shed)
+    body_limits = {PHOTO_PATH: photo_body_limit(settings.max_image_bytes, settings.max_body_bytes)}
+    app.add_middleware(RequestMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes, shed=shed,
+                       body_limits=body_limits if settings.image_search else None)
     return app

@@ -5,6 +5,7 @@
         page = client.search("red ceramic mug", k=5, fields=["price"])
         for hit in page.results:
             print(hit.id, hit.score, hit.title, hit.price)
+        by_photo = client.search_image("mug.jpg", k=5)  # POST /search/image (bytes or a path)
 
 Results are the service's own pydantic models (service/schemas.py), so a field the server adds is
 typed here too. Every call carries an X-Request-ID (given, or a fresh one per call, the same over
@@ -18,16 +19,19 @@ message. Needs only httpx and pydantic (`pip install '.[client]'`), not the serv
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel
 
-from service.schemas import BatchItem, ListingResponse, SearchBody, SearchResponse
+from service.schemas import BatchItem, ImageSearchBody, ListingResponse, SearchBody, SearchResponse
 
 RETRY_STATUSES = frozenset({429, 503})
 Model = TypeVar("Model", bound=BaseModel)
@@ -61,6 +65,39 @@ def search_body(query: str | None, k: int, offset: int, **options: Any) -> dict[
     body = SearchBody.model_validate({"query": query, "k": k, "offset": offset,
                                       **{n: v for n, v in options.items() if v is not None}})
     return body.model_dump(exclude_none=True)
+
+
+Photo = bytes | str | os.PathLike[str]
+
+
+def photo_request(image: Photo, k: int, offset: int, as_json: bool, filename: str | None,
+                  **options: Any) -> dict[str, Any]:
+    """httpx keyword arguments of a POST /search/image: the photo (bytes, or a file path read here)
+    as multipart/form-data with the options in the query string (default), or as a JSON body with
+    the photo base64 (`as_json`). Options are validated against the JSON body's schema first."""
+    if isinstance(image, bytes | bytearray):
+        data, name = bytes(image), filename or "photo"
+    else:
+        data, name = Path(image).read_bytes(), filename or Path(image).name
+    given = {n: v for n, v in options.items() if v is not None}
+    encoded = base64.b64encode(data).decode("ascii") if as_json else ""  # multipart: the bytes as they are
+    body = ImageSearchBody.model_validate({"image": encoded, "k": k, "offset": offset, **given})
+    if as_json:
+        return {"json": body.model_dump(exclude_none=True)}
+    params: dict[str, Any] = {"k": body.k, "offset": body.offset}
+    if body.query is not None:
+        params["q"] = body.query
+    for n in ("head", "mode", "fusion", "rrf_k"):
+        if getattr(body, n) is not None:
+            params[n] = getattr(body, n)
+    if body.weights is not None:
+        params.update({f"{n}_weight": v for n in ("dense", "lexical") if (v := getattr(body.weights, n)) is not None})
+    if body.explain:
+        params["explain"] = "true"
+    f = body.filters
+    params.update(similar_params(body.k, body.offset, f and f.category, f and f.price and f.price.min,
+                                 f and f.price and f.price.max, f and f.attributes, body.fields))
+    return {"params": params, "files": {"image": (name, data, "application/octet-stream")}}
 
 
 def similar_params(k: int, offset: int, category: Sequence[str] | None, price_min: float | None,
@@ -167,6 +204,13 @@ class SearchClient(_Calls):
     def listing(self, listing_id: str, *, request_id: str | None = None) -> Listing:
         return self._send("GET", f"/listings/{quote(listing_id, safe='')}", Listing, request_id)
 
+    def search_image(self, image: Photo, *, k: int = 10, offset: int = 0, as_json: bool = False,
+                     filename: str | None = None, request_id: str | None = None, **options: Any) -> SearchResult:
+        """POST /search/image: the photo (bytes or a path) as multipart/form-data, or base64 JSON
+        with `as_json=True`; options: head, query, filters, fields, mode, fusion, rrf_k, weights, explain."""
+        return self._send("POST", "/search/image", SearchResult, request_id,
+                          **photo_request(image, k, offset, as_json, filename, **options))
+
     def similar(self, listing_id: str, *, k: int = 10, offset: int = 0, category: Sequence[str] | None = None,
                 price_min: float | None = None, price_max: float | None = None,
                 attributes: Mapping[str, str | Sequence[str]] | None = None, fields: Sequence[str] | None = None,
@@ -222,6 +266,13 @@ class AsyncSearchClient(_Calls):
 
     async def listing(self, listing_id: str, *, request_id: str | None = None) -> Listing:
         return await self._send("GET", f"/listings/{quote(listing_id, safe='')}", Listing, request_id)
+
+    async def search_image(self, image: Photo, *, k: int = 10, offset: int = 0, as_json: bool = False,
+                           filename: str | None = None, request_id: str | None = None,
+                           **options: Any) -> SearchResult:
+        """POST /search/image, as SearchClient.search_image (a path is read here, before sending)."""
+        return await self._send("POST", "/search/image", SearchResult, request_id,
+                                **photo_request(image, k, offset, as_json, filename, **options))
 
     async def similar(self, listing_id: str, *, k: int = 10, offset: int = 0, category: Sequence[str] | None = None,
                       price_min: float | None = None, price_max: float | None = None,

@@ -119,17 +119,19 @@ def listing_response(state: ServiceState, lv: LoadedVersion, rec: ListingRecord)
                            index_version=lv.version)
 
 
-def like_mode(state: ServiceState, query: str | None, mode: str | None) -> str | None:
+def like_mode(state: ServiceState, query: str | None, mode: str | None, source: str = "like_id") -> str | None:
     """The mode a more-like-this search runs in. The listing's vector replaces the query's, so
     without a query text the search is dense (a lexical or hybrid one asked for is a 422); with
     one, the text is the lexical side of a hybrid search (dense or lexical would ignore one input:
-    a 422 too). -> the mode to request (None: the settings' default, which must then be hybrid)."""
+    a 422 too). -> the mode to request (None: the settings' default, which must then be hybrid).
+    Search by photo follows the same rule (`source="image"`: the photo's vector replaces the query's)."""
     asked = mode or state.settings.search_mode
+    what = "the listing's" if source == "like_id" else "the photo's"
     if query is None:
         if mode not in (None, "dense"):
-            raise InvalidRequest(f"mode: {mode} needs a query text; like_id alone is a dense search")
+            raise InvalidRequest(f"mode: {mode} needs a query text; {source} alone is a dense search")
         return "dense"
     if asked != "hybrid":
-        raise InvalidRequest(f"mode: {asked} with both like_id and query would ignore one of them; use mode "
-                             "hybrid (the query's words beside the listing's vector) or drop the query")
+        raise InvalidRequest(f"mode: {asked} with both {source} and query would ignore one of them; use mode "
+                             f"hybrid (the query's words beside {what} vector) or drop the query")
     return mode

@@ -36,6 +36,7 @@ from index.lexical import LexicalIndex, top_k
 from index.metadata import ListingStore
 from index.placed_recall import recall_report
 from index.search import Searcher, exact_scores, make_searcher
+from model.image_query import PhotoEncoder, PhotoUnavailable, probe_png
 from model.query_encoder import EncoderOptions, QueryEncoder
 from service.errors import NotReady
 from service.fusion import FusionSpec, hybrid_one
@@ -55,6 +56,11 @@ class SearchRequest:
     # More like this: the listing's stored fused vector (vectors.npy) replaces the query's; the query
     # text, if any, is then only the lexical side of a hybrid search. The listing itself is never a hit.
     like_id: str | None = None
+    # Search by photo (service/photo.py): the photo's (d,) unit vector, encoded before the batch by the
+    # photo encoder of `vector_version`, replaces the query's as like_id's does (the text, if any, is the
+    # lexical side). Not part of equality or hashing; such requests bypass the result cache.
+    vector: np.ndarray | None = field(default=None, compare=False, repr=False)
+    vector_version: str | None = None
 
     def options_key(self) -> tuple:
         """The search options as a hashable (part of the result cache key)."""
@@ -115,6 +121,10 @@ class LoadedVersion:
     # (service/explain.py); None for a version built without them.
     view_vectors: np.ndarray | None = None
     slot_weights: np.ndarray | None = None
+    # Search by photo: the backbone + this version's photo heads, on the query encoder's device; None
+    # with the reason in photo_error (built without photos, image_search off, no backbone weights).
+    photo: PhotoEncoder | None = None
+    photo_error: str | None = None
 
     @property
     def model_version(self) -> str:
@@ -169,8 +179,29 @@ def load_version(settings: Settings, version: str | None = None) -> LoadedVersio
                              gpu_shard=settings.index_gpu_shard, torch_scratch_mb=settings.torch_search_scratch_mb,
                              torch_mask_cache=settings.torch_mask_cache)
     ann = recall_report(manifest, searcher, vectors, settings.placed_recall_queries, cpu_index=index)
+    photo, photo_error = load_photo(settings, folder, manifest, encoder.device)
     return LoadedVersion(version, manifest, encoder, searcher, listings, listings.filter_columns(), lexical, ann,
-                         view_vectors, slot_weights)
+                         view_vectors, slot_weights, photo, photo_error)
+
+
+def load_photo(settings: Settings, folder: Path, manifest: dict[str, Any],
+               device: torch.device) -> tuple[PhotoEncoder | None, str | None]:
+    """The version's photo encoder on the query encoder's device, or (None, why not). Text search
+    never depends on it: a version that cannot encode photos still loads and serves /search."""
+    if not settings.image_search:
+        return None, "photo search is off on this deployment (SERVICE_IMAGE_SEARCH=false)"
+    digest = manifest.get("image_backbone_digest")
+    if not digest:
+        return None, "this version was built without photos"
+    try:
+        return PhotoEncoder(folder / "model.safetensors", device, batch_size=settings.image_max_batch,
+                            max_pixels=settings.max_image_pixels, expect_backbone=digest), None
+    except PhotoUnavailable as e:
+        log.warning("%s: photo search unavailable: %s", folder, e)
+        return None, f"photo search unavailable: {e}"
+    except Exception as e:  # noqa: BLE001 - an image-side failure must not take text search down
+        log.exception("%s: loading the photo encoder failed", folder)
+        return None, f"photo search unavailable: the photo encoder did not load ({type(e).__name__})"
 
 
 def load_view_vectors(folder: Path, manifest: dict[str, Any]) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -204,6 +235,9 @@ def warm(lv: LoadedVersion, n_queries: int) -> None:
         lv.store.get([int(r) for r in res.rows.ravel() if r >= 0])
     if lv.lexical is not None:
         lv.lexical.search(probes[:3], 10)
+    if lv.photo is not None:  # the backbone's first call and each head's
+        for head in ("primary", "other"):
+            lv.photo.encode([probe_png()], [head])
 
 
 class Engine:
@@ -315,7 +349,10 @@ class Engine:
         for i, row in like_row.items():
             if row >= 0:
                 qvecs[i] = np.asarray(lv.searcher.vectors[row], dtype=np.float32)  # (d,) the stored fused vector
-        need = [i for i in need if i not in like_row]
+        given = {i for i in need if requests[i].vector is not None}  # a photo's vector, encoded before the batch
+        for i in given:
+            qvecs[i] = requests[i].vector
+        need = [i for i in need if i not in like_row and i not in given]
         if need:
             with lv.encoder.lock:  # static token/output buffers: one batch at a time
                 ids, mask = lv.encoder.tokenize([requests[i].query for i in need])  # (b, T) static buffers

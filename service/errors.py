@@ -48,9 +48,14 @@ class NotFound(ServiceError):
     pass
 
 
+class UnsupportedMediaType(ServiceError):
+    pass
+
+
 STATUS: dict[type[ServiceError], int] = {
     InvalidRequest: 422,
     PayloadTooLarge: 413,
+    UnsupportedMediaType: 415,
     NotFound: 404,
     Unauthorized: 401,
     AdminDisabled: 404,

@@ -2,7 +2,8 @@
 
 Like `fields` (service/details.py), explain is off the hot path: the batch answers the search
 unchanged, then `explain_hits` recomputes what the engine computed for the one request, with the
-same functions on the same inputs: the query vector (re-encoded; the stored vector for like_id),
+same functions on the same inputs: the query vector (re-encoded; the stored vector for like_id;
+the photo's vector, as encoded for the search, for POST /search/image),
 both rankings to the engine's depth under the same filter and deny-list, the identifier matches,
 and `hybrid_one` (service/fusion.py) over them. So the explained fused score is the hit's score.
 
@@ -67,7 +68,9 @@ def explain_hits(engine: Engine, lv: LoadedVersion, r: SearchRequest, hits: Sequ
     depth = engine.depth(r, mode, spec)
     records = lv.store.by_ids([h.id for h in hits])
     like_row = -1
-    if r.like_id is not None:
+    if r.vector is not None:  # search by photo: the vector the search was answered with
+        q = np.asarray(r.vector, np.float32)  # (d,)
+    elif r.like_id is not None:
         own = lv.store.by_ids([r.like_id]).get(r.like_id)
         like_row = own.row if own is not None else -1
         q = np.asarray(lv.searcher.vectors[like_row], np.float32) if like_row >= 0 else None  # (d,)

@@ -32,8 +32,10 @@ class RequestMiddleware:
     """Adds X-Request-ID, enforces max_body_bytes (413), records latency by route and status."""
 
     def __init__(self, app: Any, metrics: Metrics, max_body_bytes: int,
-                 shed: Callable[[str], str | None] | None = None):
+                 shed: Callable[[str], str | None] | None = None, body_limits: dict[str, int] | None = None):
         self.app, self.metrics, self.max_body = app, metrics, max_body_bytes
+        # path -> its own body limit (POST /search/image carries a photo); every other path: max_body_bytes
+        self.body_limits = dict(body_limits or {})
         # shed(path) -> a 429 message when that route's queue is full: answered here, before routing,
         # validation and the handler, so a 429 costs the event loop almost nothing under overload
         self.shed = shed
@@ -50,8 +52,9 @@ class RequestMiddleware:
         rid_token = request_id_var.set(request_id)  # every log line of this request names it
         status_box = {"status": 500}
         length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            first, body = _error(413, PayloadTooLarge.__name__, self._too_large(), request_id)
+        max_body = self.body_limits.get(scope.get("path", ""), self.max_body) if self.body_limits else self.max_body
+        if length is not None and (not length.isdigit() or int(length) > max_body):
+            first, body = _error(413, PayloadTooLarge.__name__, self._too_large(max_body), request_id)
             await send(first)
             await send(body)
             self._record(scope, 413, start, request_id)
@@ -67,8 +70,8 @@ class RequestMiddleware:
                     return
                 chunk = message.get("body", b"")
                 total += len(chunk)
-                if total > self.max_body:
-                    first, body = _error(413, PayloadTooLarge.__name__, self._too_large(), request_id)
+                if total > max_body:
+                    first, body = _error(413, PayloadTooLarge.__name__, self._too_large(max_body), request_id)
                     await send(first)
                     await send(body)
                     self._record(scope, 413, start, request_id)
@@ -118,7 +121,10 @@ class RequestMiddleware:
             self._record(scope, status_box["status"], start, request_id)
             request_id_var.reset(rid_token)
 
-    def _too_large(self) -> str:
+    def _too_large(self, limit: int) -> str:
+        if limit != self.max_body:
+            return (f"request body over {limit} bytes (a photo of at most max_image_bytes, base64 included, plus "
+                    "max_body_bytes); send a smaller photo")
         return f"request body over {self.max_body} bytes (max_body_bytes); send a smaller request"
 
     def _record(self, scope: Scope, status: int, start: float, request_id: str, path: str | None = None) -> None:

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ValidationError
+from starlette.datastructures import QueryParams
 
 from index import denylist
 from index.artifacts import ArtifactStore, GateRefused
@@ -80,11 +81,13 @@ def check_query(query: str, max_chars: int, name: str = "query") -> str:
 
 
 def to_request(state: ServiceState, query: str | None, k: int, offset: int, filters: SearchFilters | None,
-               mode: str | None = None, fusion: FusionSpec | None = None, like_id: str | None = None) -> SearchRequest:
+               mode: str | None = None, fusion: FusionSpec | None = None, like_id: str | None = None,
+               photo: bool = False) -> SearchRequest:
     """Validate against the configured limits (422 with a message naming the field). A query text
-    is required unless `like_id` names the listing whose vector replaces it."""
+    is required unless `like_id` names the listing whose vector replaces it, or a photo's vector
+    will (`photo`: POST /search/image sets the vector after encoding)."""
     s = state.settings
-    if query is None and like_id is None:
+    if query is None and like_id is None and not photo:
         raise InvalidRequest("query: Field required (or like_id, for listings like that one)")
     text = "" if query is None else check_query(query, s.max_query_chars)
     if not 1 <= k <= s.max_k:
@@ -110,11 +113,15 @@ async def run_search(state: ServiceState, req: SearchRequest) -> SearchResponse:
     if not state.warmed or state.shutting_down:
         raise NotReady("the service is not ready")
     start = time.perf_counter()
-    answer, cached = await search_cached(state.cache, state.engine, state.batcher.submit, req)
+    if req.vector is not None:  # a photo's vector (POST /search/image): never the same key twice, no cache
+        answer, cached = await state.batcher.submit(req), False
+    else:
+        answer, cached = await search_cached(state.cache, state.engine, state.batcher.submit, req)
     hits, model_version, index_version = answer[:3]
     mode = answer[3] if len(answer) > 3 else None  # the mode that answered (dense on a fallback)
     took_ms = (time.perf_counter() - start) * 1000
-    if state.query_log is not None and req.query:  # an enqueue (written by the log's thread); like_id alone: no text
+    # an enqueue (written by the log's thread); like_id alone has no text; a photo search is not a text search
+    if state.query_log is not None and req.query and req.vector is None:
         state.query_log.record(request_id_var.get(), req.query, req.k, req.offset, req.filter, [h.id for h in hits],
                                model_version, index_version, took_ms, cached, mode)
     # The engine's hits are already str/float (engine.Hit): built without re-validating each one.
@@ -166,11 +173,11 @@ def split_values(raw: list[str], known: Callable[[str], bool] | None = None) -> 
     return out
 
 
-def parse_search_query(request: Request, model: type[QueryModel]) -> QueryModel:
+def parse_search_query(request: Request, model: type[QueryModel], params: QueryParams | None = None) -> QueryModel:
     """GET /search's query string -> SearchQuery (or another query `model`): unknown names and invalid
     values are 422s worded as FastAPI words them (`query.k: ...`). A repeated name keeps its last
-    value, except category."""
-    params = request.query_params
+    value, except category. `params`: other name/value pairs instead (a form's, POST /search/image)."""
+    params = request.query_params if params is None else params
     known = GET_PARAMS if model is SearchQuery else frozenset(model.model_fields)
     unknown = sorted(n for n in set(params) - known if not (n.startswith(ATTR_PREFIX) and len(n) > len(ATTR_PREFIX)))
     if unknown:
@@ -204,17 +211,19 @@ async def search_get(request: Request) -> Response:
 
 
 def query_filters(state: ServiceState, request: Request, category: list[str] | None, price_min: float | None,
-                  price_max: float | None) -> SearchFilters | None:
-    """A GET query string's filters (category=, attr.KEY=, price_min=, price_max=) as SearchFilters."""
+                  price_max: float | None, params: QueryParams | None = None) -> SearchFilters | None:
+    """A GET query string's filters (category=, attr.KEY=, price_min=, price_max=) as SearchFilters
+    (`params`: other name/value pairs instead of the request's query string)."""
+    params = request.query_params if params is None else params
     price = {"min": price_min, "max": price_max} if price_min is not None or price_max is not None else None
     cols = state.engine.current.filters if state.engine.ready else None
     categories = split_values(category or [], cols and cols.category_vocab.__contains__)
     attributes = {}
-    for name in request.query_params:
+    for name in params:
         if name.startswith(ATTR_PREFIX):
             key = norm(name[len(ATTR_PREFIX):])
             held = cols and (lambda v, key=key: (key, v) in cols.attribute_rows)
-            attributes[name[len(ATTR_PREFIX):]] = split_values(request.query_params.getlist(name), held)
+            attributes[name[len(ATTR_PREFIX):]] = split_values(params.getlist(name), held)
     try:
         return (SearchFilters(category=categories, attributes=attributes or None, price=price)
                 if categories or attributes or price else None)
@@ -257,6 +266,9 @@ async def readyz(state: State) -> JSONResponse:
                          "available": ["dense", "lexical", "hybrid"] if lv.lexical is not None else ["dense"],
                          "lexical_index": lv.lexical is not None,
                          **({} if lv.lexical is not None else {"fallback": FALLBACK})},
+        # POST /search/image: whether this version can encode a photo, on what, and its default head
+        "photo_search": ({"available": True, "runtime": lv.photo.describe, "default_head": state.settings.image_head}
+                         if lv.photo is not None else {"available": False, "reason": lv.photo_error}),
         "last_reload_error": engine.last_reload_error and public_message(engine.last_reload_error,
                                                                           state.settings.artifacts),
         # following DIR/current: null, or why its last poll did not reach the version it names

@@ -91,6 +91,53 @@ class SearchQuery(BaseModel):
     explain: bool = Field(False, description="explain=1: as in POST /search")
 
 
+PhotoHead = Literal["primary", "other"]
+IMAGE_FIELD = ("the photo, base64 (standard or URL-safe alphabet, padding optional, line breaks ignored) or a "
+               "data: URL (data:image/jpeg;base64,...); JPEG, PNG, WebP, GIF or BMP, at most max_image_bytes "
+               "decoded and max_image_pixels")
+HEAD_FIELD = ("the photo head the photo goes through: primary (the primary-photo projection: catalogue shots) or "
+              "other (the other-photo projection: angles, the item in use, rooms); default: the image_head setting")
+
+
+class ImageSearchBody(BaseModel):
+    """POST /search/image as JSON: the photo base64 in `image`, and POST /search's options."""
+    model_config = ConfigDict(extra="forbid")
+    image: StrictStr = Field(description=IMAGE_FIELD)
+    head: PhotoHead | None = Field(None, description=HEAD_FIELD)
+    query: StrictStr | None = Field(None, description="optional words beside the photo: the lexical side of a "
+                                    "hybrid search (without it the search is dense)")
+    fields: list[StrictStr] | None = Field(None, description="as in POST /search")
+    k: StrictInt = Field(10, description="number of results (1..max_k)")
+    offset: StrictInt = Field(0, description="results to skip, for pagination (0..max_offset)")
+    filters: SearchFilters | None = None
+    mode: Literal["dense", "lexical", "hybrid"] | None = Field(
+        None, description="dense (a photo alone; the default) or hybrid (with a query); lexical is a 422")
+    fusion: Literal["rrf", "weighted"] | None = Field(None, description="as in POST /search (hybrid only)")
+    rrf_k: StrictInt | None = Field(None, ge=0, le=10_000, description="the RRF constant (fusion rrf)")
+    weights: FusionWeights | None = Field(None, description="weight of each list in the fusion")
+    explain: StrictBool = Field(False, description="as in POST /search")
+
+
+class ImageQuery(BaseModel):
+    """POST /search/image as multipart/form-data: the options, as GET /search's parameters, in the
+    query string or as text parts of the form (the photo is the part named `image`)."""
+    model_config = ConfigDict(extra="forbid")
+    q: str | None = Field(None, description="optional words beside the photo: the lexical side of a hybrid search")
+    head: PhotoHead | None = Field(None, description=HEAD_FIELD)
+    k: int = Field(10, description="number of results (1..max_k)")
+    offset: int = Field(0, description="results to skip, for pagination (0..max_offset)")
+    category: list[str] | None = Field(None, description="as in GET /search; attribute filters: attr.KEY=v1,v2")
+    price_min: float | None = None
+    price_max: float | None = None
+    mode: Literal["dense", "lexical", "hybrid"] | None = Field(None, description="as in the JSON body")
+    fusion: Literal["rrf", "weighted"] | None = Field(None, description="as in POST /search")
+    rrf_k: int | None = Field(None, ge=0, le=10_000)
+    dense_weight: float | None = Field(None, ge=0, le=1000, allow_inf_nan=False)
+    lexical_weight: float | None = Field(None, ge=0, le=1000, allow_inf_nan=False)
+    fields: str | None = Field(None, description="as in GET /search")
+    explain: bool = Field(False, description="explain=1: as in POST /search")
+
+
 class SimilarQuery(BaseModel):
     """GET /listings/{id}/similar's query string: pages, filters and fields as GET /search's."""
     model_config = ConfigDict(extra="forbid")
@@ -175,6 +222,7 @@ class SearchResponse(BaseModel):
     took_ms: float
     mode: str | None = Field(None, description="the mode that answered: dense, lexical or hybrid")
     fallback: str | None = Field(None, description="why the mode differs from the one asked for")
+    photo_head: str | None = Field(None, description="POST /search/image: the photo head that encoded the photo")
 
 
 class ErrorResponse(BaseModel):

@@ -71,6 +71,21 @@ class Settings(BaseSettings):
     max_batch_queries: int = Field(32, ge=1, le=1_000, description="searches in one POST /search/batch body (413 "
                                    "above; max_body_bytes applies too)")
 
+    # --- search by photo: POST /search/image (docs/SERVING.md §12)
+    image_search: bool = Field(True, description="load the photo encoder (EfficientNet-Lite0 backbone + the version's "
+                               "photo heads) with each version and answer POST /search/image (false: 404, and the "
+                               "~40 MB per worker are not spent)")
+    image_head: Literal["primary", "other"] = Field("other", description="the photo head a shopper's photo goes "
+                                                    "through unless the request names one: primary (catalogue shots) "
+                                                    "| other (angles, in use, rooms); chosen by measurement, "
+                                                    "docs/RESULTS.md")
+    max_image_bytes: int = Field(8 << 20, ge=1024, le=256 << 20, description="largest photo accepted, in bytes "
+                                 "(413 above; the body of /search/image may be its base64 size + max_body_bytes)")
+    max_image_pixels: int = Field(40_000_000, ge=1, le=64_000_000, description="largest photo accepted, width x "
+                                  "height (413 above, checked from the header before any pixel is decoded)")
+    image_max_batch: int = Field(8, ge=1, le=256, description="photos encoded in one backbone call")
+    image_max_queue: int = Field(64, ge=1, description="photos waiting for the encoder beyond this get 429")
+
     # --- batching
     max_batch: int = Field(32, ge=1, le=4096)
     max_wait_us: int = Field(500, ge=0, description="how long a batch waits for company (microseconds)")

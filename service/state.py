@@ -29,6 +29,7 @@ class ServiceState:
     cache: ResultCache = field(default_factory=lambda: ResultCache(0))  # off unless create_app sets one
     query_log: QueryLog | None = None
     events_log: EventLog | None = None  # POST /events writes here (settings.events_log)
+    photos: MicroBatcher | None = None  # POST /search/image: the photo encoder's batcher (service/photo.py)
 
 
 async def get_state(request: Request) -> ServiceState:

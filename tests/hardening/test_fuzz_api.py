@@ -25,7 +25,8 @@ from schemathesis import GenerationMode
 
 OPERATIONS = [("POST", "/search"), ("GET", "/search"), ("GET", "/healthz"), ("GET", "/readyz"),
               ("GET", "/metrics"), ("POST", "/admin/reload"), ("POST", "/admin/deny"), ("POST", "/events"),
-              ("POST", "/search/batch"), ("GET", "/listings/{listing_id}"), ("GET", "/listings/{listing_id}/similar")]
+              ("POST", "/search/batch"), ("GET", "/listings/{listing_id}"), ("GET", "/listings/{listing_id}/similar"),
+              ("POST", "/search/image")]
 NO_INPUT = {"/healthz", "/readyz", "/metrics"}
 # Any string is a valid listing id: a path with only that parameter has no negative input
 # (an unknown id is the positive fuzz's 404).
