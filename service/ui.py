@@ -2,7 +2,8 @@
 
 Plain HTML, CSS and JS shipped inside the package (service/static/ui/, package data), served by
 the app itself, so the page works offline and with a non-editable install. The page calls the
-public API only (POST /search, GET /listings/{id}/similar, GET /readyz), as a storefront would,
+public API only (POST /search, POST /search/image, GET /listings/{id}/similar, GET /readyz), as a
+storefront would,
 and shows its error bodies as they come. Each file is one route with a fixed name: nothing else
 under the folder can be asked for. None of it is in the OpenAPI schema.
 """

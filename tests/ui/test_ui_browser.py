@@ -4,7 +4,9 @@
 with SERVICE_IMAGE_ROOT at the tiny sample folder so the photos load. The browser types a query,
 sees results with their photos (loaded: naturalWidth > 0), price and category, the request id and
 took_ms; turns to page 2 and back; follows more like this; applies a category filter; and sees an
-API error body. Selenium is told the driver's path, so Selenium Manager never downloads anything;
+API error body. It also searches by photo: uploads a listing's primary photo through the page's
+file control (POST /search/image) and finds that listing first, pages, filters, and sees the 422
+of a file that is not a photo. Selenium is told the driver's path, so Selenium Manager never downloads anything;
 the browser test skips (with the reason) where chromium or chromedriver is not installed.
 
 UI_SCREENSHOT=docs/img/ui.png writes the README's screenshot (a results page, 1200x800).
@@ -266,3 +268,50 @@ def test_search_pages_more_like_this_and_filters_in_a_browser(driver, server: Se
     fill(d, "attributes", "color")
     click(d, "search-btn")
     until(d, lambda: shown(d, "error") and "not KEY=value" in text(d, "#error"), "the form's own error")
+
+
+def test_search_by_photo_in_a_browser(driver, server: Server, tiny_sample: Path, tmp_path: Path) -> None:
+    import json
+
+    d = driver
+    rows = {r["id"]: r for r in map(json.loads, (tiny_sample / "catalog.jsonl").read_text().splitlines())}
+    listing = rows["L000004"]  # its primary photo finds it first through the primary head (tests/service)
+    d.get(server.url + "/ui")
+    until(d, lambda: "listings" in text(d, "#served"), "the page to read /readyz")
+    assert not d.find_element("id", "photo-btn").is_enabled()  # nothing chosen yet
+    d.find_element("id", "photo").send_keys(str(tiny_sample / listing["images"][0]))  # the file chooser
+    select(d, "photo-head", "primary")
+    fill(d, "k", str(K))
+    answered(d, lambda: click(d, "photo-btn"))
+    assert not shown(d, "error"), text(d, "#error")
+    assert text(d, "#heading") == "Listings like your photo"
+    found = hits(d)
+    assert len(found) == K and found[0]["id"] == "L000004", found
+    assert text(d, "#mode-used") == "dense" and text(d, "#photo-head-used") == "primary"
+    until(d, lambda: photos_loaded(d), "every result's photos loaded")
+    until(d, lambda: d.execute_script("const i = document.getElementById('query-photo');"
+                                      "return !i.hidden && i.complete && i.naturalWidth > 0;"), "the photo shown")
+    assert d.find_elements("css selector", "li.hit details.explain")  # Why here? on photo results too
+    # pages continue the photo's ranking
+    answered(d, lambda: click(d, "next"))
+    page2 = hits(d)
+    assert page2 and not {h["id"] for h in found} & {h["id"] for h in page2}
+    answered(d, lambda: click(d, "prev"))
+    assert [h["id"] for h in hits(d)] == [h["id"] for h in found]
+    # more like this from a photo result, and back to the photo's results
+    answered(d, lambda: d.find_element("css selector", "#results li.hit .more-like-this").click())
+    assert "L000004" not in {h["id"] for h in hits(d)}
+    answered(d, lambda: click(d, "back"))
+    assert text(d, "#heading") == "Listings like your photo" and [h["id"] for h in hits(d)] == [h["id"] for h in found]
+    # the form's category filter applies to the photo search
+    fill(d, "category", listing["category"])
+    answered(d, lambda: click(d, "photo-btn"))
+    filtered = hits(d)
+    assert filtered and filtered[0]["id"] == "L000004" and all(h["category"] == listing["category"] for h in filtered)
+    # a file that is not a photo: the API's 422 as it came
+    bad = tmp_path / "notes.jpg"
+    bad.write_bytes(b"these are not pixels")
+    d.find_element("id", "photo").send_keys(str(bad))
+    answered(d, lambda: click(d, "photo-btn"))
+    assert shown(d, "error") and text(d, "#error .error-code") == "422 InvalidRequest"
+    assert "not an image" in text(d, "#error .error-message")

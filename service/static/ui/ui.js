@@ -1,4 +1,5 @@
-// The try-it page (GET /ui): a client of the public API, as a storefront would be.
+// The try-it page (GET /ui): a client of the public API, as a storefront would be (search, search
+// by photo, more like this).
 // Results are built with DOM nodes and textContent only: listing data never becomes markup.
 "use strict";
 
@@ -7,8 +8,9 @@ const THUMBS = 4; // photos shown per hit beside the primary one
 
 const $ = (id) => document.getElementById(id);
 
-// What is on screen: a search (its POST body) or listings like one (its id and title), and the page.
-const view = { kind: null, body: null, like: null, offset: 0, k: 12 };
+// What is on screen: a search (its POST body), a search by photo (the file and its options) or
+// listings like one (its id and title), and the page. `main`: the search "Back" returns to.
+const view = { kind: null, body: null, photo: null, like: null, offset: 0, k: 12, main: "search" };
 let defaultMode = null; // from /readyz: the mode a request without "mode" is answered in
 
 class FormError extends Error {}
@@ -100,8 +102,8 @@ function readSearch() {
   return body;
 }
 
-// GET /listings/{id}/similar with the form's filters, as query parameters.
-function similarUrl(id, filters, k, offset) {
+// The form's filters, pages and fields as GET-style query parameters.
+function filterParams(filters, k, offset) {
   const params = new URLSearchParams({ k: String(k), offset: String(offset), fields: FIELDS.join(",") });
   for (const c of filters.category || []) params.append("category", c);
   for (const [key, values] of Object.entries(filters.attributes || {})) {
@@ -109,7 +111,22 @@ function similarUrl(id, filters, k, offset) {
   }
   if (filters.price && filters.price.min !== undefined) params.set("price_min", String(filters.price.min));
   if (filters.price && filters.price.max !== undefined) params.set("price_max", String(filters.price.max));
-  return `/listings/${encodeURIComponent(id)}/similar?${params}`;
+  return params;
+}
+
+// GET /listings/{id}/similar with the form's filters, as query parameters.
+function similarUrl(id, filters, k, offset) {
+  return `/listings/${encodeURIComponent(id)}/similar?${filterParams(filters, k, offset)}`;
+}
+
+// POST /search/image: the photo as multipart/form-data, the options in the query string.
+function photoRequest(photo, k, offset) {
+  const params = filterParams(photo.filters, k, offset);
+  params.set("explain", "1");
+  if (photo.head) params.set("head", photo.head);
+  const form = new FormData();
+  form.append("image", photo.file, photo.file.name || "photo");
+  return [`/search/image?${params}`, { method: "POST", body: form }];
 }
 
 async function call(url, init) {
@@ -271,13 +288,18 @@ function renderExplain(e) {
 
 function render(answer, requestId) {
   const { body } = answer;
-  $("heading").textContent = view.kind === "similar" ? `Listings like “${view.like.title}”` : "Results";
+  const headings = { similar: () => `Listings like “${view.like.title}”`, photo: () => "Listings like your photo" };
+  $("heading").textContent = (headings[view.kind] || (() => "Results"))();
   $("back").hidden = view.kind !== "similar";
+  const shown = $("query-photo");
+  shown.hidden = view.kind !== "photo" || !view.photo.preview;
+  if (!shown.hidden) shown.src = view.photo.preview;
 
   const meta = $("meta");
   meta.replaceChildren();
   const parts = [
     ["mode", "mode-used", body.mode || "dense"],
+    ...(body.photo_head ? [["photo head", "photo-head-used", body.photo_head]] : []),
     ["took_ms", "took-ms", String(body.took_ms)],
     ["request id", "request-id", requestId || "none"],
     ["index", "index-version", body.index_version],
@@ -317,6 +339,8 @@ async function load() {
     let answer;
     if (view.kind === "similar") {
       answer = await call(similarUrl(view.like.id, view.like.filters, view.k, view.offset));
+    } else if (view.kind === "photo") {
+      answer = await call(...photoRequest(view.photo, view.k, view.offset));
     } else {
       answer = await call("/search", {
         method: "POST",
@@ -339,7 +363,34 @@ function startSearch() {
     if (err instanceof FormError) return showError(err);
     throw err;
   }
-  Object.assign(view, { kind: "search", like: null, offset: 0, k: view.body.k });
+  Object.assign(view, { kind: "search", like: null, offset: 0, k: view.body.k, main: "search" });
+  return load();
+}
+
+// A data: URL of the chosen photo for the heading (the page's CSP allows data: images, not blob:).
+function preview(file) {
+  return new Promise((resolve) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(typeof reader.result === "string" ? reader.result : null);
+    reader.onerror = () => resolve(null);
+    reader.readAsDataURL(file);
+  });
+}
+
+async function startPhoto() {
+  const file = $("photo").files[0];
+  if (!file) return showError(new FormError("photo: choose a photo first"));
+  let filters;
+  let k;
+  try {
+    filters = readFilters();
+    k = readK();
+  } catch (err) {
+    if (err instanceof FormError) return showError(err);
+    throw err;
+  }
+  const photo = { file, filters, head: $("photo-head").value, preview: await preview(file) };
+  Object.assign(view, { kind: "photo", photo, like: null, offset: 0, k, main: "photo" });
   return load();
 }
 
@@ -390,6 +441,14 @@ async function describeService() {
       }
     }
     if (defaultMode) $("mode").options[0].textContent = `service default (${defaultMode})`;
+    const photo = body.photo_search || {};
+    if (photo.available) {
+      if (photo.default_head) $("photo-head").options[0].textContent = `service default (${photo.default_head})`;
+    } else {
+      $("photo").disabled = true;
+      $("photo-btn").disabled = true;
+      $("photo-note").textContent = photo.reason || "this service has no photo search";
+    }
     served.textContent = `${body.items} listings · index ${body.index_version} · model ${body.model_version}`;
   } catch (err) {
     served.textContent = err instanceof ApiError ? `not ready: ${err.message}` : String(err);
@@ -407,9 +466,18 @@ document.addEventListener("DOMContentLoaded", () => {
   $("prev").addEventListener("click", () => turnPage(-1));
   $("next").addEventListener("click", () => turnPage(1));
   $("back").addEventListener("click", () => {
+    if (view.main === "photo" && view.photo) {
+      Object.assign(view, { kind: "photo", like: null, offset: 0 });
+      load();
+      return;
+    }
     Object.assign(view, { kind: "search", like: null, offset: 0, k: view.body ? view.body.k : view.k });
     if (view.body) load();
   });
+  $("photo").addEventListener("change", () => {
+    $("photo-btn").disabled = !$("photo").files.length || $("photo").disabled;
+  });
+  $("photo-btn").addEventListener("click", () => startPhoto());
   syncControls();
   describeService();
 });
