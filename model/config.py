@@ -127,6 +127,16 @@ class TrainConfig:
     pmrl_temperature: float = 0.1
     # Self-supervised pseudo-queries per listing when no interactions are given.
     pseudo_queries_per_item: int = 4
+    # Early stopping (model/validation.py): stop when the validation nDCG@10 has not improved for
+    # this many epochs and keep the best epoch's weights; `epochs` is then the most it trains.
+    # 0 = off (every epoch runs, the last one is kept).
+    patience: int = 0
+    # Hard negatives per pair mined before each epoch from the current towers' ranking of the
+    # catalog (model/negatives.py): drawn from `hard_negative_depth` ranks after the first
+    # `hard_negative_skip` non-positive ones. 0 = in-batch negatives only.
+    hard_negatives: int = 0
+    hard_negative_depth: int = 50
+    hard_negative_skip: int = 5
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -135,6 +145,14 @@ class TrainConfig:
             raise ValueError(f"epochs: must be >= 0, got {self.epochs}")
         if self.batch_size < 2:
             raise ValueError(f"batch_size: must be >= 2 (in-batch negatives), got {self.batch_size}")
+        if self.patience < 0:
+            raise ValueError(f"patience: must be >= 0 epochs (0: off), got {self.patience}")
+        if self.hard_negatives < 0 or self.hard_negative_skip < 0:
+            raise ValueError(f"hard_negatives / hard_negative_skip: must be >= 0, got {self.hard_negatives} / "
+                             f"{self.hard_negative_skip}")
+        if self.hard_negatives and self.hard_negative_depth < self.hard_negatives:
+            raise ValueError(f"hard_negative_depth: must be >= hard_negatives ({self.hard_negatives}), "
+                             f"got {self.hard_negative_depth}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device: {self.device!r} is not auto, cpu or cuda")
 

@@ -146,6 +146,19 @@ def view_clouds(
 
 
 @torch.inference_mode()
+def embed_query_rows(model: TwoTower, texts: Any, rows: np.ndarray, device: torch.device, trunk: TrunkCache,
+                     batch_size: int = 1024) -> np.ndarray:
+    """Query text rows (m,) of a TextTable covered by `trunk` -> (m, d) float32 unit query vectors
+    (only the trainable top layers run: the training loop's view of the query tower)."""
+    pooled = pooled_texts(model, None, texts.texts, texts.kinds, rows, device, trunk=trunk)
+    out = np.zeros((len(rows), model.cfg.tower.dim), dtype=np.float32)
+    for start in range(0, len(rows), batch_size):
+        x = torch.stack([pooled[int(r)] for r in rows[start:start + batch_size]]).to(device)  # (b, H)
+        out[start:start + len(x)] = model.project_query(x).float().cpu().numpy()
+    return out
+
+
+@torch.inference_mode()
 def embed_queries(
     model: TwoTower,
     tokenizer: Any,

@@ -7,6 +7,7 @@ top layers on the texts the objective asked for, and the image heads on cached p
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -20,15 +21,19 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from model.config import IMAGE_VIEWS, TEXT_VIEWS, TrainConfig
+from model.config import IMAGE_VIEWS, TEXT_VIEWS, TITLE, TrainConfig
 from model.data import TrainingSet
 from model.distributed import DistContext
+from model.embed import embed_listings, embed_query_rows
+from model.negatives import mine_hard_negatives
 from model.objectives import Objective, ViewBatch, make_objective
 from model.text import TrunkCache
 from model.towers import TwoTower
+from model.validation import EarlyStopping, ValidationSet, exact_top, validation_metrics
 from model.views import KIND_QUERY, KIND_TITLE
 
 # Token-length buckets of the training step's text batches (the last one catches everything).
+log = logging.getLogger("model.train")
 LENGTH_BUCKETS = (16, 32, 64, 1 << 30)
 
 
@@ -82,10 +87,13 @@ class TrainHistory:
     steps: int = 0
     encoded_slots: int = 0  # slots actually encoded, summed over steps (cost accounting)
     encoded_tokens: int = 0
+    # With early stopping: the monitored metric per epoch, the best epoch (whose weights were kept)
+    early_stopping: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"epochs": self.epochs, "items_per_s": self.items_per_s, "steps": self.steps,
-                "encoded_slots": self.encoded_slots, "encoded_tokens": self.encoded_tokens}
+                "encoded_slots": self.encoded_slots, "encoded_tokens": self.encoded_tokens,
+                "early_stopping": self.early_stopping}
 
 
 class Trainer:
@@ -95,6 +103,9 @@ class Trainer:
                  dist: DistContext | None = None):
         self.model, self.data, self.trunk, self.cfg, self.device = model, data, trunk, cfg, device
         self.dist = dist or DistContext()
+        if cfg.hard_negatives and self.dist.enabled:
+            raise ValueError("hard_negatives: not supported under torchrun yet (each rank would mine its own); "
+                             "train in one process or leave --hard-negatives at 0")
         self.objective: Objective = make_objective(cfg.objective, model.cfg.tower.dim, cfg).to(device)
         self.model.to(device)
         self.model.encoder.freeze_bottom(model.cfg.text.trainable_layers)
@@ -123,6 +134,13 @@ class Trainer:
         )
         self.epoch = 0
         self.history = TrainHistory()
+        # Mined hard negatives per pair (P, N) listing rows, -1 = none; None until mined.
+        self.pair_negatives: np.ndarray | None = None
+        self.query_rows, pair_q = np.unique(data.pair_query, return_inverse=True)  # (Q,), (P,) -> q
+        self.pair_q = pair_q.reshape(-1)
+        self.positives: list[set[int]] = [set() for _ in self.query_rows]
+        for q, item in zip(self.pair_q, data.pair_item, strict=True):
+            self.positives[int(q)].add(int(item))
 
     def param_groups(self) -> list[dict[str, Any]]:
         enc = [p for p in self.model.encoder.parameters() if p.requires_grad]
@@ -162,6 +180,76 @@ class Trainer:
         inverse[order] = torch.arange(len(order))
         return pooled_sorted[inverse.to(self.device)]
 
+    def encode_items(self, items: np.ndarray) -> Tensor:
+        """Listings (M,) -> (M, d) what the objective contrasts a query with (`query_target`): the
+        fused vector over every present indexed view, exactly as the index holds it, or the title
+        view alone; differentiable (the mined negatives' side of the loss trains the item tower)."""
+        d = self.data
+        present = torch.from_numpy(d.slots.present[items]).to(self.device)  # (M, S)
+        rows = torch.from_numpy(d.slots.rows[items]).to(self.device)  # (M, S)
+        allowed = torch.zeros(len(self.slot_types), dtype=torch.bool, device=self.device)
+        if self.objective.query_target == "title":
+            allowed |= self.slot_types == TITLE
+        else:
+            allowed |= self.model.index_views.to(self.device)[self.slot_types]
+        present = present & allowed  # (M, S)
+        M, S = present.shape
+        z = torch.zeros(M, S, self.model.cfg.tower.dim, device=self.device)
+        is_text = torch.isin(self.slot_types, torch.tensor(TEXT_VIEWS, device=self.device))  # (S,)
+        tb, ts = (present & is_text).nonzero(as_tuple=True)
+        if len(tb):
+            pooled = self.encode_texts(rows[tb, ts])  # (Nt, H)
+            for v in TEXT_VIEWS:
+                sel = self.slot_types[ts] == v
+                if bool(sel.any()):
+                    z[tb[sel], ts[sel]] = self.model.project_text(v, pooled[sel]).to(z.dtype)
+        for v in IMAGE_VIEWS:
+            sel_b, sel_s = (present & (self.slot_types == v)).nonzero(as_tuple=True)
+            if len(sel_b):
+                z[sel_b, sel_s] = self.model.project_image(v, self.features[rows[sel_b, sel_s]]).to(z.dtype)
+        if self.objective.query_target == "title":
+            return z[:, int((self.slot_types == TITLE).nonzero()[0])]  # (M, d) unit already
+        return self.model.fuse(z, present, self.slot_types)  # (M, d) unit
+
+    def batch_negatives(self, idx: np.ndarray) -> tuple[Tensor, Tensor] | None:
+        """This batch's mined negatives: -> ((M, d) vectors, (B, M) True where negative m is one of
+        row i's positives), or None when none were mined."""
+        if self.pair_negatives is None:
+            return None
+        neg = self.pair_negatives[idx]  # (B, N)
+        items = np.unique(neg[neg >= 0])  # (M,)
+        if not len(items):
+            return None
+        mask = np.array([[int(m) in self.positives[int(q)] for m in items] for q in self.pair_q[idx]], dtype=bool)
+        return self.encode_items(items), torch.from_numpy(mask).to(self.device)
+
+    def mine_negatives(self, item_vecs: np.ndarray | None = None) -> dict[str, float]:
+        """Rank the catalog for every training query with the towers as they are; draw each pair's
+        negatives (model/negatives.py). `item_vecs`: this epoch's catalog vectors if already made."""
+        t0 = time.perf_counter()
+        if item_vecs is None:
+            item_vecs = self.catalog_vectors()
+        q = embed_query_rows(self.model, self.data.texts, self.query_rows, self.device, self.trunk)  # (Q, d)
+        title_rows = self.data.slots.rows[:, self.data.slots.types.index(TITLE)]  # (n,)
+        c = self.cfg
+        per_query = mine_hard_negatives(q, item_vecs, self.positives, title_rows, c.hard_negatives,
+                                        c.hard_negative_depth, c.hard_negative_skip, self.np_rng)  # (Q, N)
+        self.pair_negatives = per_query[self.pair_q]  # (P, N)
+        return {"mined_negatives": float((per_query >= 0).sum()), "mine_seconds": time.perf_counter() - t0}
+
+    def catalog_vectors(self) -> np.ndarray:
+        """(n, d) the whole catalog's fused vectors now (trunk cache: only the top layers run)."""
+        d = self.data
+        return embed_listings(self.model, None, d.views, d.slots, d.image_features, self.device, trunk=self.trunk)
+
+    def validate(self, vs: ValidationSet, rows: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
+        """Score the held-out queries (text rows `rows` in the trunk) over the whole catalog."""
+        t0 = time.perf_counter()
+        items = self.catalog_vectors()  # (n, d)
+        q = embed_query_rows(self.model, self.data.texts, rows, self.device, self.trunk)  # (m, d)
+        metrics = validation_metrics(exact_top(q, items, 100), self.data.views.ids, vs)
+        return metrics | {"seconds": time.perf_counter() - t0}, items
+
     def make_batch(self, idx: np.ndarray, uniform: Tensor) -> tuple[ViewBatch, Tensor]:
         """Encode this process's pairs -> (local ViewBatch with raw pair weights, item ids)."""
         d = self.data
@@ -195,6 +283,9 @@ class Trainer:
             slot_types=self.slot_types, aux=aux, same=torch.zeros(0, 0, dtype=torch.bool),
             pair_weight=pw, logit_scale=self.model.scale(),
         )
+        mined = self.batch_negatives(idx)
+        if mined is not None:
+            batch.negatives, batch.negative_mask = mined
         return batch, items
 
     def step(self, idx: np.ndarray) -> dict[str, float]:
@@ -228,10 +319,25 @@ class Trainer:
         progress: bool = False,
         checkpoint: Path | None = None,
         on_epoch: Callable[[int, TwoTower], dict[str, float]] | None = None,
+        validation: ValidationSet | None = None,
+        validation_rows: np.ndarray | None = None,
     ) -> TrainHistory:
+        """Train up to cfg.epochs. With `validation` (its queries' text rows `validation_rows` in
+        the trunk cache) every epoch is scored on it; with cfg.patience > 0 training stops when the
+        validation nDCG@10 has not improved for `patience` epochs, and the best epoch's weights are
+        loaded back. With cfg.hard_negatives each epoch starts by mining them (model/negatives.py)."""
+        if self.cfg.patience and validation is None:
+            raise ValueError("patience: early stopping needs validation queries (held-out interactions or "
+                             "--validation-judgments)")
+        if validation is not None and (validation_rows is None or len(validation_rows) != len(validation)):
+            raise ValueError("validation: needs one trunk text row per validation query")
+        early = EarlyStopping(self.cfg.patience) if self.cfg.patience else None
+        modules = {"model": self.model, "objective": self.objective}
         bar = _progress(self.total_steps, progress, initial=self.epoch * self.steps_per_epoch)
         start, n_items = time.perf_counter(), 0
+        item_vecs: np.ndarray | None = None  # the catalog as the last validation embedded it
         while self.epoch < self.cfg.epochs:
+            mined = self.mine_negatives(item_vecs) if self.cfg.hard_negatives else {}
             order, sums = self.epoch_order(), {}
             for k in range(self.steps_per_epoch):
                 idx = order[k * self.cfg.batch_size:(k + 1) * self.cfg.batch_size]
@@ -245,12 +351,27 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()}, refresh=False)
             self.epoch += 1
-            record = {k: v / self.steps_per_epoch for k, v in sums.items()} | {"epoch": self.epoch}
+            record = {k: v / self.steps_per_epoch for k, v in sums.items()} | {"epoch": self.epoch} | mined
             if on_epoch is not None:
                 record |= on_epoch(self.epoch, self.model)
+            stop = False
+            if validation is not None and self.dist.is_main:
+                metrics, item_vecs = self.validate(validation, validation_rows)
+                record |= {f"val_{k}": v for k, v in metrics.items()}
+                if early is not None:
+                    stop = early.update(self.epoch, metrics, modules)
             self.history.epochs.append(record)
+            if self.dist.is_main:
+                log.info("epoch %d/%d: loss %.4f%s (%.0f s so far)", self.epoch, self.cfg.epochs, record.get("loss", 0.0),
+                         "".join(f", {k} {record[k]:.4f}" for k in ("val_ndcg@10", "val_recall@10") if k in record),
+                         time.perf_counter() - start)
             if checkpoint is not None and self.dist.is_main:
                 self.save_state(checkpoint)
+            if self.dist.broadcast(stop):  # every rank stops at the same epoch
+                break
+        if early is not None and self.dist.is_main:
+            early.restore(modules)  # rank 0 alone writes the model
+            self.history.early_stopping = early.to_dict()
         if bar is not None:
             bar.close()
         elapsed = time.perf_counter() - start

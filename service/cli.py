@@ -19,7 +19,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from service.cli_index import add_index_choice_args, add_index_commands, add_threads_arg
+from service.cli_index import (
+    add_index_choice_args,
+    add_index_commands,
+    add_learning_args,
+    add_threads_arg,
+    learning_options,
+)
 from service.offline import enforce_offline
 
 log = logging.getLogger("service")
@@ -55,6 +61,7 @@ def _add_build_args(p: argparse.ArgumentParser, artifacts: bool = True) -> None:
     p.add_argument("--view-vectors", default="auto", choices=["auto", "on", "off"],
                    help="write per-view vectors for /search explain (auto: up to 200,000 listings; "
                    "S*d*2 + S*2 bytes each)")
+    add_learning_args(p)
     add_threads_arg(p)
 
 
@@ -82,7 +89,7 @@ def cmd_build_index(a: argparse.Namespace) -> int:
         publish=not a.no_publish, min_recall_at_100=a.min_recall_at_100, min_ann_recall=a.min_ann_recall,
         progress=not a.no_progress, version=a.version, keep_versions=a.keep_versions,
         memory_budget_gb=a.memory_budget_gb, target_ann_recall=a.target_ann_recall, served_k=a.served_k,
-        view_vectors=a.view_vectors,
+        view_vectors=a.view_vectors, **learning_options(a),
     )
     try:
         result = build_index(opts)
@@ -205,6 +212,7 @@ def cmd_experiment(a: argparse.Namespace) -> int:
         epochs=a.epochs, batch_size=a.batch_size, device=a.device, skip_bad_rows=a.skip_bad_rows,
         images_root=a.images_root, columns=a.columns, index_key=a.index_key, text_weights=a.text_weights,
         image_weights=a.image_weights, image_cache=a.image_cache, dim=a.dim, progress=not a.no_progress,
+        **learning_options(a),
     )
     results = run_experiment(base, a.out, a.objectives.split(","), [int(s) for s in a.seeds.split(",")])
     print(markdown_table(results))

@@ -30,6 +30,31 @@ def add_threads_arg(p: argparse.ArgumentParser, help: str = "CPU threads of ever
     p.add_argument("--threads", type=threads_count, default=0, help=help)
 
 
+def add_learning_args(p: argparse.ArgumentParser) -> None:
+    """Early stopping and mined hard negatives (model/validation.py, model/negatives.py)."""
+    p.add_argument("--patience", type=int, default=0,
+                   help="stop when validation nDCG@10 has not improved for N epochs and keep the best epoch "
+                   "(--epochs is then the most it trains; 0: off)")
+    p.add_argument("--validation-judgments", type=Path,
+                   help="judgments.jsonl scored after every epoch (default with --patience: a share of the "
+                   "interaction queries, held out by query hash)")
+    p.add_argument("--validation-fraction", type=float, default=0.1,
+                   help="share of the interaction queries held out for validation when no --validation-judgments")
+    p.add_argument("--min-relevant", type=float,
+                   help="relevance counted as relevant in --judgments and --validation-judgments "
+                   "(default: above the file's lowest grade)")
+    p.add_argument("--hard-negatives", type=int, default=0,
+                   help="per pair, listings mined before each epoch from the current model's ranking "
+                   "(never the query's own positives; 0: in-batch negatives only)")
+
+
+def learning_options(a: argparse.Namespace) -> dict[str, Any]:
+    """The build_options keywords of add_learning_args."""
+    overrides = {k: v for k, v in (("patience", a.patience), ("hard_negatives", a.hard_negatives)) if v}
+    return {"train_overrides": overrides, "validation_judgments": a.validation_judgments,
+            "validation_fraction": a.validation_fraction, "min_relevant": a.min_relevant}
+
+
 def add_index_choice_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-budget-gb", type=float, help="index memory per replica: picks a smaller family if needed")
     p.add_argument("--target-ann-recall", type=float, default=0.95, help="tune nprobe/efSearch to this ANN recall")
@@ -57,7 +82,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         text_weights=a.text_weights, image_weights=a.image_weights, image_cache=a.image_cache, dim=a.dim,
         min_recall_at_100=a.min_recall_at_100, min_ann_recall=a.min_ann_recall, progress=not a.no_progress,
         keep_versions=a.keep_versions, memory_budget_gb=a.memory_budget_gb, target_ann_recall=a.target_ann_recall,
-        served_k=a.served_k,
+        served_k=a.served_k, **learning_options(a),
     )
     ctx = init_distributed(a.device)
     try:

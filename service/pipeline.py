@@ -49,7 +49,8 @@ from model.objectives import make_objective
 from model.text import TrunkCache, load_text_encoder, resolve_weights_dir, text_weights_digest
 from model.towers import TwoTower
 from model.train import Trainer, build_trunk, resolve_device, seed_everything
-from model.views import ViewTable, build_view_table, encoder_cuts, tags_text
+from model.validation import MIN_VALIDATION_QUERIES, ValidationSet, holdout_queries, normalise
+from model.views import KIND_QUERY, ViewTable, build_view_table, encoder_cuts, tags_text
 from service.evaluation import evaluate, evaluate_modes, evaluate_rankings, exclude_training_queries
 from service.fusion import FusionSpec
 
@@ -116,6 +117,10 @@ class BuildOptions:
     # Per-view vectors + slot weights for /search explain: auto (up to VIEW_VECTORS_AUTO_MAX
     # listings), on, off.
     view_vectors: str = "auto"
+    # Validation queries scored after every epoch (early stopping with train_overrides patience):
+    # a judgments file, or else this share of the interaction queries held out by query hash.
+    validation_judgments: Path | None = None
+    validation_fraction: float = 0.1
 
     def __post_init__(self) -> None:
         if self.view_vectors not in VIEW_VECTORS:
@@ -140,6 +145,7 @@ class Inputs:
     interactions: list[Any]
     judgments: Judgments | None
     reports: dict[str, Any]
+    validation: ValidationSet | None = None  # held-out queries scored each epoch (never trained on)
 
 
 # ---------------------------------------------------------------------------------- stages
@@ -163,7 +169,41 @@ def load_inputs(opts: BuildOptions) -> Inputs:
         # judged queries also trained on would flatter the metrics: counted here, left out of them
         judgments, in_training = exclude_training_queries(judgments, interactions)
         reports["judgments"] = {**judgments.report.to_dict(), "in_training": in_training}
-    return Inputs(catalog, build_view_table(catalog.listings), interactions, judgments, reports)
+    interactions, validation = validation_inputs(opts, ids, interactions, reports)
+    return Inputs(catalog, build_view_table(catalog.listings), interactions, judgments, reports, validation)
+
+
+def wants_validation(opts: BuildOptions) -> bool:
+    return opts.validation_judgments is not None or int(opts.train_overrides.get("patience", 0)) > 0
+
+
+def validation_inputs(opts: BuildOptions, ids: set[str], interactions: list[Any],
+                      reports: dict[str, Any]) -> tuple[list[Any], ValidationSet | None]:
+    """-> (the interactions to train on, the validation queries or None). A validation query never
+    trains: held out of the interactions by query hash, or (a judgments file) removed from them."""
+    if not wants_validation(opts):
+        return interactions, None
+    if opts.validation_judgments is not None:
+        judged = load_judgments(opts.validation_judgments, ids, skip_bad_rows=opts.skip_bad_rows,
+                                min_relevant=opts.min_relevant)
+        vs = ValidationSet.from_judgments(judged, str(opts.validation_judgments))
+        held = {normalise(q) for q in vs.queries}
+        kept = [it for it in interactions if normalise(it.query) not in held]
+        removed = len(interactions) - len(kept)
+    elif interactions:
+        kept, vs = holdout_queries(interactions, opts.validation_fraction)
+        removed = len(interactions) - len(kept)
+    else:
+        raise ValueError("--patience: early stopping needs validation queries: --interactions (a share of "
+                         "their queries is held out) or --validation-judgments")
+    if len(vs) < MIN_VALIDATION_QUERIES:
+        raise ValueError(f"validation: {len(vs)} queries with a relevant listing ({vs.source}); early stopping "
+                         f"needs at least {MIN_VALIDATION_QUERIES}: raise --validation-fraction or pass "
+                         "--validation-judgments")
+    if not kept:
+        raise ValueError(f"validation: holding out {vs.source} leaves no interaction to train on")
+    reports["validation"] = {"source": vs.source, "queries": len(vs), "interactions_held_out": removed}
+    return kept, vs
 
 
 def image_cache_dir(opts: BuildOptions) -> Path:
@@ -215,13 +255,16 @@ def train_stage(inputs: Inputs, features: np.ndarray, ok: np.ndarray, opts: Buil
     data = build_training_set(inputs.catalog.listings, features, ok, inputs.views, inputs.interactions,
                               max_other_images=cfg.tower.max_other_images,
                               pseudo_per_item=tcfg.pseudo_queries_per_item, seed=tcfg.seed)
+    vs = inputs.validation
+    # validation queries join the text table so the trunk cache covers them (scored every epoch)
+    val_rows = None if vs is None else np.array([data.texts.add(q.lower(), KIND_QUERY) for q in vs.queries])
     t0 = time.perf_counter()
     trunk = build_trunk(model.to(device), tokenizer, data, device, opts.progress)
     trunk_s = time.perf_counter() - t0
     gap_before = gap(model, tokenizer, data, device, trunk)
     trainer = Trainer(model, data, trunk, tcfg, device, dist=dist)
     t0 = time.perf_counter()
-    history = trainer.fit(progress=opts.progress)
+    history = trainer.fit(progress=opts.progress, validation=vs, validation_rows=val_rows)
     train_s = time.perf_counter() - t0
     info = {
         "train_config": tcfg.to_dict(),
@@ -549,7 +592,8 @@ def build_index(opts: BuildOptions) -> BuildResult:
     )
 
 
-PATH_OPTIONS = ("catalog", "artifacts", "interactions", "judgments", "images_root", "image_cache")
+PATH_OPTIONS = ("catalog", "artifacts", "interactions", "judgments", "images_root", "image_cache",
+                "validation_judgments")
 
 
 def build_options(**kwargs: Any) -> BuildOptions:

@@ -124,8 +124,12 @@ def step_untrained(p: dict[str, Path]) -> dict[str, Any]:
 
 def step_train(p: dict[str, Path], spec: str) -> dict[str, Any]:
     run = parse_spec(spec)
+    from bench.realdata.split import MIN_RELEVANT
+
+    # the validation slice scores every epoch (early stopping, when the spec sets patience)
+    val = p["split"] / "val_judgments.jsonl" if run.train.get("patience") else None
     return build_run(run, catalog=p["catalog"], artifacts=p["artifacts"],
-                     interactions=p["split"] / "train_interactions.jsonl")
+                     interactions=p["split"] / "train_interactions.jsonl", validation=val, min_relevant=MIN_RELEVANT)
 
 
 def step_eval(p: dict[str, Path], spec: str) -> dict[str, Any]:

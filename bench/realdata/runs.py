@@ -54,7 +54,10 @@ def parse_spec(spec: str, defaults: dict[str, Any] | None = None) -> RunSpec:
 
 
 def build_run(spec: RunSpec, *, catalog: Path, artifacts: Path, interactions: Path | None,
-              image_cache: Path | None = None) -> dict[str, Any]:
+              image_cache: Path | None = None, validation: Path | None = None,
+              min_relevant: float | None = None) -> dict[str, Any]:
+    """`validation`: judgments scored after every epoch (early stopping when the spec sets
+    patience), relevant at `min_relevant`."""
     """Build (unpublished, exact Flat index) version `spec.name` unless it exists; -> a summary."""
     from index.artifacts import ArtifactStore
     from service.pipeline import build_index, build_options
@@ -66,19 +69,28 @@ def build_run(spec: RunSpec, *, catalog: Path, artifacts: Path, interactions: Pa
         argv[4:4] = ["--interactions", interactions]
     if image_cache is not None:
         argv += ["--image-cache", image_cache]
+    if validation is not None:
+        argv += ["--validation-judgments", validation]
+    if min_relevant is not None:
+        argv += ["--min-relevant", min_relevant]
+    for key, flag in (("patience", "--patience"), ("hard_negatives", "--hard-negatives")):
+        if spec.train.get(key):
+            argv += [flag, spec.train[key]]
     for key, value in spec.build.items():
         argv += [CLI_FLAGS[key], value] if key in CLI_FLAGS else []
     note = ""
-    if spec.train or "trainable_layers" in spec.build:
-        extra = {**spec.train, **({"trainable_layers": spec.build["trainable_layers"]}
-                                  if "trainable_layers" in spec.build else {})}
+    flagged = {"patience", "hard_negatives"}  # passed as CLI flags above
+    if set(spec.train) - flagged or "trainable_layers" in spec.build:
+        extra = {**{k: v for k, v in spec.train.items() if k not in flagged},
+                 **({"trainable_layers": spec.build["trainable_layers"]} if "trainable_layers" in spec.build else {})}
         note = f"plus BuildOptions {extra} (no CLI flag: run through bench/realdata/runs.py)"
     show_command(["nice", "-n", "10", *argv], note)
     if spec.name not in store.list_versions():
         build_index(build_options(
             catalog=catalog, artifacts=artifacts, interactions=interactions, objective=spec.objective,
             index_key="Flat", device="cpu", publish=False, version=spec.name, progress=False,
-            image_cache=image_cache, train_overrides=dict(spec.train), **spec.build,
+            image_cache=image_cache, train_overrides=dict(spec.train), validation_judgments=validation,
+            min_relevant=min_relevant, **spec.build,
         ))
         gc.collect()
     manifest = store.manifest(spec.name)
@@ -88,4 +100,5 @@ def build_run(spec: RunSpec, *, catalog: Path, artifacts: Path, interactions: Pa
             "version_dir": str(store.version_dir(spec.name)), "timings": manifest.get("timings"),
             "train_config": manifest.get("train_config"), "pairs": report["training"].get("pairs"),
             "items_per_s": history.get("items_per_s"), "epochs": history.get("epochs"),
+            "early_stopping": history.get("early_stopping"),
             "cross_view": manifest.get("metrics", {}).get("cross_view"), "modality_gap": manifest.get("modality_gap")}

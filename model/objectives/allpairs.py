@@ -30,7 +30,8 @@ class FactorizedTransportAllPairs(Objective):
 
     def forward(self, b: ViewBatch) -> tuple[Tensor, dict[str, float]]:
         fused = F.normalize(torch_einsum(b.weights, b.views), dim=-1)  # (B, d) exact m
-        l_qi = info_nce(b.query, fused, b.logit_scale, b.same, b.pair_weight)
+        l_qi = info_nce(b.query, fused, b.logit_scale, b.same, b.pair_weight,
+                        negatives=b.negatives, negative_mask=b.negative_mask)
         terms = []
         for s, t in itertools.combinations(range(b.views.shape[1]), 2):  # quadratic in views
             rows = b.encoded[:, s] & b.encoded[:, t]  # (B,)

@@ -30,6 +30,10 @@ class ViewBatch:
     same: Tensor  # (B, B) bool: off-diagonal pairs that are the same listing (not negatives)
     pair_weight: Tensor  # (B,) weight of each pair (interaction weight), mean 1
     logit_scale: Tensor  # () learned 1 / temperature
+    # Mined hard negatives (model/negatives.py): (M, d) unit vectors of listings that join the
+    # query -> listing softmax, and (B, M) True where negative m is a positive of row i after all.
+    negatives: Tensor | None = None
+    negative_mask: Tensor | None = None
 
 
 def type_mask(slot_types: Tensor, types: tuple[int, ...]) -> Tensor:
@@ -67,6 +71,9 @@ class Objective(nn.Module):
     name: str = ""
     # View types this objective trains, hence the ones fused into the index.
     index_views: tuple[str, ...] = VIEW_TYPES
+    # What the query is contrasted with: the listing's fused vector, or (clip) its title view;
+    # mined hard negatives are encoded the same way.
+    query_target: str = "fused"
 
     def select_views(
         self, present: Tensor, weights: Tensor, slot_types: Tensor, uniform: Tensor

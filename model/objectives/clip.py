@@ -18,6 +18,7 @@ from model.objectives.ft import pair_nce, slot_of
 class ClipBaseline(Objective):
     name = "clip"
     index_views = ("title", "image")
+    query_target = "title"  # its query term compares the query with the title view alone
 
     def __init__(self, cross_view_weight: float = 0.5):
         super().__init__()
@@ -31,7 +32,8 @@ class ClipBaseline(Objective):
 
     def forward(self, b: ViewBatch) -> tuple[Tensor, dict[str, float]]:
         t, i = slot_of(b.slot_types, TITLE), slot_of(b.slot_types, IMAGE)
-        l_qt = info_nce(b.query, b.views[:, t], b.logit_scale, b.same, b.pair_weight)
+        l_qt = info_nce(b.query, b.views[:, t], b.logit_scale, b.same, b.pair_weight,
+                        negatives=b.negatives, negative_mask=b.negative_mask)
         l_ti = pair_nce(b.views[:, t], b.views[:, i], b.encoded[:, t] & b.encoded[:, i], b)
         loss = l_qt + self.cross_view_weight * l_ti
         return loss, {"qt": float(l_qt.detach()), "ti": float(l_ti.detach())}

@@ -97,7 +97,8 @@ class FactorizedTransport(Objective):
         m_tilde, m_prim, z_u, has = self.estimate(b)
         fused = F.normalize(m_tilde, dim=-1)  # (B, d)
         anchor = F.normalize(m_prim, dim=-1)  # (B, d)
-        l_qi = info_nce(b.query, fused, b.logit_scale, b.same, b.pair_weight)
+        l_qi = info_nce(b.query, fused, b.logit_scale, b.same, b.pair_weight,
+                        negatives=b.negatives, negative_mask=b.negative_mask)
         l_cv = pair_nce(anchor, z_u, has, b)
         t, i = slot_of(b.slot_types, TITLE), slot_of(b.slot_types, IMAGE)
         both = b.encoded[:, t] & b.encoded[:, i]  # (B,)

@@ -61,7 +61,8 @@ class OptimalAdaptiveTransport(Objective):
 
     def forward(self, b: ViewBatch) -> tuple[Tensor, dict[str, float]]:
         fused = F.normalize((b.weights.unsqueeze(-1) * b.views).sum(1), dim=-1)  # (B, d)
-        l_qi = info_nce(b.query, fused, b.logit_scale, b.same, b.pair_weight)
+        l_qi = info_nce(b.query, fused, b.logit_scale, b.same, b.pair_weight,
+                        negatives=b.negatives, negative_mask=b.negative_mask)
         text, has_t = masked_mean(b.views, b.encoded & text_mask(b.slot_types))  # (B, d), (B,)
         image, has_i = masked_mean(b.views, b.encoded & image_mask(b.slot_types))
         both = has_t & has_i  # (B,)

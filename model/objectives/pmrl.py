@@ -29,7 +29,8 @@ class PMRL(Objective):
 
     def forward(self, b: ViewBatch) -> tuple[Tensor, dict[str, float]]:
         fused = F.normalize((b.weights.unsqueeze(-1) * b.views).sum(1), dim=-1)  # (B, d)
-        l_qi = info_nce(b.query, fused, b.logit_scale, b.same, b.pair_weight)
+        l_qi = info_nce(b.query, fused, b.logit_scale, b.same, b.pair_weight,
+                        negatives=b.negatives, negative_mask=b.negative_mask)
         l_rank, _ = pmrl_rank_loss(b.views, b.encoded, self.temperature)
         lead = leading_vector(b.views, b.encoded)  # (B, d) sign-fixed
         terms = [pair_nce(b.views[:, s], lead, b.encoded[:, s], b) for s in range(b.views.shape[1])]

@@ -114,3 +114,54 @@ def test_bad_arguments_name_the_value(kwargs, match) -> None:
     args = {"a": torch.zeros(6, 4), "b": torch.zeros(6, 4), "logit_scale": torch.tensor(1.0)} | kwargs
     with pytest.raises(ValueError, match=match):
         info_nce(**args)
+
+
+def _naive_with_negatives(a, b, negs, scale, mask, same, weights) -> torch.Tensor:
+    """The a->b softmax of row i over b_i, the unmarked b_j and the unmasked negatives, by hand;
+    b->a as before (negatives have no row of their own)."""
+    n = a.shape[0]
+    rows, cols = [], []
+    for i in range(n):
+        terms = [scale * (a[i] * b[j]).sum() for j in range(n) if j == i or not bool(same[i, j])]
+        terms += [scale * (a[i] * negs[m]).sum() for m in range(negs.shape[0]) if not bool(mask[i, m])]
+        rows.append(-(scale * (a[i] * b[i]).sum() - torch.log(sum(torch.exp(t) for t in terms))))
+        back = [scale * (b[i] * a[j]).sum() for j in range(n) if j == i or not bool(same[j, i])]
+        cols.append(-(scale * (b[i] * a[i]).sum() - torch.log(sum(torch.exp(t) for t in back))))
+    per = [(r + c) / 2 for r, c in zip(rows, cols, strict=True)]
+    return sum(weights[i] * per[i] for i in range(n)) / weights.sum()
+
+
+def test_mined_negatives_join_the_query_softmax_only_value_and_every_gradient() -> None:
+    a0, b0, s0 = _inputs()
+    gen = torch.Generator().manual_seed(3)
+    n0 = F.normalize(torch.randn(4, a0.shape[1], generator=gen, dtype=torch.float64), dim=-1)  # (M, d)
+    mask = torch.zeros(6, 4, dtype=torch.bool)
+    mask[0, 1] = mask[2, 1] = mask[5, 3] = True  # negative 1 is a positive of rows 0 and 2 after all
+    same = same_from_ids(torch.tensor([0, 1, 0, 2, 3, 1]))
+    weights = torch.tensor([1.0, 0.5, 2.0, 1.0, 1.0, 3.0], dtype=torch.float64)
+    grads, values = [], []
+    for fn in ("fast", "naive"):
+        a, b, n, s = (t.clone().requires_grad_(True) for t in (a0, b0, n0, s0))
+        if fn == "fast":
+            loss = info_nce(a, b, s, same, weights, negatives=n, negative_mask=mask)
+        else:
+            loss = _naive_with_negatives(a, b, n, s, mask, same, weights)
+        loss.backward()
+        values.append(loss.detach())
+        grads.append([t.grad for t in (a, b, n, s)])
+    torch.testing.assert_close(values[0], values[1])
+    for fast, naive in zip(*grads, strict=True):
+        torch.testing.assert_close(fast, naive)
+    assert float(grads[0][2].abs().max()) > 1e-3  # the negatives are pushed away: they get a gradient
+    # without negatives the value is the plain InfoNCE's, and harder negatives raise the loss
+    plain = info_nce(a0, b0, s0, same, weights)
+    torch.testing.assert_close(info_nce(a0, b0, s0, same, weights, negatives=n0[:0]), plain)
+    assert float(values[0]) > float(plain)
+
+
+def test_negatives_shape_errors_are_clear() -> None:
+    a, b, s = _inputs()
+    with pytest.raises(ValueError, match="negatives: expected"):
+        info_nce(a, b, s, negatives=torch.zeros(3, 2, dtype=a.dtype))
+    with pytest.raises(ValueError, match="negative_mask: expected"):
+        info_nce(a, b, s, negatives=torch.zeros(3, 5, dtype=a.dtype), negative_mask=torch.zeros(6, 2, dtype=torch.bool))
