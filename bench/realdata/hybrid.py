@@ -86,8 +86,9 @@ class Prepared:
     """Per query: the dense and lexical top-D rows and both exact scores of every row in either."""
 
     def __init__(self, dense_rows: np.ndarray, lex_rows: list[np.ndarray], dense_s: list[dict[int, float]],
-                 lex_s: list[dict[int, float]]) -> None:
+                 lex_s: list[dict[int, float]], exact: list[tuple[np.ndarray, np.ndarray]]) -> None:
         self.dense_rows, self.lex_rows, self.dense_s, self.lex_s = dense_rows, lex_rows, dense_s, lex_s
+        self.exact = exact  # per query: the listings holding its identifiers (rows, counts), as the engine finds them
 
 
 def prepare(searcher: Any, lexical: Any, queries: list[str], qvecs: np.ndarray, depth: int) -> Prepared:
@@ -95,20 +96,29 @@ def prepare(searcher: Any, lexical: Any, queries: list[str], qvecs: np.ndarray, 
 
     vectors = np.asarray(searcher.vectors, np.float32)  # (n, d)
     res = searcher.search(qvecs, depth)
-    lex_rows, dense_s, lex_s = [], [], []
+    lex_rows, dense_s, lex_s, exact = [], [], [], []
     for j, q in enumerate(queries):
         full = lexical.scores(q)  # (n,)
         rows, _ = top_k(full, depth)
         lex_rows.append(rows)
-        union = np.unique(np.concatenate([res.rows[j][res.rows[j] >= 0], rows]))
+        exact.append(lexical.identifier_matches(q))
+        union = np.unique(np.concatenate([res.rows[j][res.rows[j] >= 0], rows, exact[-1][0]]))
         dense_s.append(dict(zip(union.tolist(), (vectors[union] @ qvecs[j]).tolist(), strict=True)))
         lex_s.append(dict(zip(union.tolist(), full[union].tolist(), strict=True)))
-    return Prepared(res.rows, lex_rows, dense_s, lex_s)
+    return Prepared(res.rows, lex_rows, dense_s, lex_s, exact)
+
+
+BOOSTED = "+ identifier boost"
 
 
 def rank(p: Prepared, ids: list[str], system: Any) -> list[list[str]]:
+    """`system`: "dense", "lexical", a FusionSpec, or (BOOSTED, spec): the spec with the engine's
+    exact-identifier boost (service/fusion.py `boost`; the listings holding the query's model numbers)."""
     from service.fusion import hybrid_one
 
+    boosted = isinstance(system, tuple)
+    if boosted:
+        system = system[1]
     out = []
     for j in range(len(p.lex_rows)):
         if system == "dense":
@@ -119,7 +129,8 @@ def rank(p: Prepared, ids: list[str], system: Any) -> list[list[str]]:
             ds, ls = p.dense_s[j], p.lex_s[j]
             rows, _ = hybrid_one(p.dense_rows[j], p.lex_rows[j], system, system.depth(K, 0),
                                  lambda rs, ds=ds: np.array([ds[int(r)] for r in rs]),
-                                 lambda rs, ls=ls: np.array([ls[int(r)] for r in rs]))
+                                 lambda rs, ls=ls: np.array([ls[int(r)] for r in rs]),
+                                 exact=p.exact[j] if boosted else None)
             rows = rows[:K]
         out.append([ids[r] for r in rows if r >= 0])
     return out
@@ -198,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample", type=Path, default=Path("var/sample"), help="`service sample-catalog` output")
     ap.add_argument("--sample-artifacts", type=Path, default=Path("var/hybrid/artifacts"),
                     help="a `service build-index` of the sample (its current version is used)")
+    ap.add_argument("--homedepot-only", action="store_true",
+                    help="leave the sample out (the fusion is then chosen on homedepot's validation alone)")
     a = ap.parse_args(argv)
     setup_logging()
     show_command([sys.executable, *sys.argv])
@@ -215,12 +228,13 @@ def main(argv: list[str] | None = None) -> int:
     hd = open_catalog("homedepot", version_dir(p["artifacts"], a.version), load_catalog(p["catalog"]).listings,
                       {s: p["split"] / f"{s}_judgments.jsonl" for s in ("val", "test")}, p["cache"], depth,
                       MIN_RELEVANT)
-    store = ArtifactStore(a.sample_artifacts)
-    sample_split = split_sample(a.sample / "judgments.jsonl", a.sample_artifacts.parent / "sample_split")
-    sm = open_catalog("sample", store.version_dir(store.current_version() or ""),
-                      load_catalog(a.sample / "catalog.jsonl").listings, sample_split,
-                      a.sample_artifacts.parent / "cache", depth, None)
-    catalogs = [hd, sm]
+    catalogs, sample_split = [hd], {}
+    if not a.homedepot_only:
+        store = ArtifactStore(a.sample_artifacts)
+        sample_split = split_sample(a.sample / "judgments.jsonl", a.sample_artifacts.parent / "sample_split")
+        catalogs.append(open_catalog("sample", store.version_dir(store.current_version() or ""),
+                                     load_catalog(a.sample / "catalog.jsonl").listings, sample_split,
+                                     a.sample_artifacts.parent / "cache", depth, None))
 
     # --- choose on the validation slices of BOTH catalogs: the fusion with the best worst-case
     # nDCG@10 gain over the better single system, among those whose R@100 reaches both single
@@ -245,11 +259,14 @@ def main(argv: list[str] | None = None) -> int:
     chosen = {"hybrid (chosen on val)": max(pool, key=lambda r: r[1]["min_ndcg_gain"])[0],
               "best on homedepot val only": max(grid_rows, key=lambda r: r[1]["homedepot"]["ndcg@10"])[0],
               "rrf k=60, equal weights (textbook)": FusionSpec("rrf", 60, 1.0, 1.0, 100)}
+    served = FusionSpec()  # the service's default fusion, with and without its identifier boost
+    chosen |= {"served default, no identifier boost": served, f"served default {BOOSTED}": (BOOSTED, served)}
 
     # --- report on the test slices (+ homedepot's identifier-like subset)
     out: dict[str, Any] = {"versions": {c.label: c.version for c in catalogs}, "k": K, "machine": machine(),
                            "singles_val": singles, "grid": [r for _, r in grid_rows],
-                           "chosen": {k: name(v) for k, v in chosen.items()}, "sample_split": {
+                           "chosen": {k: name(v[1] if isinstance(v, tuple) else v) + (f" {BOOSTED}" if isinstance(
+                               v, tuple) else "") for k, v in chosen.items()}, "sample_split": {
                                k: str(v) for k, v in sample_split.items()}}
     tables: dict[str, Any] = {}
     for c in catalogs:
@@ -268,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                 tables[f"{c.label} {split}/{subset}"] = res
     out["results"] = {t: {s: {h: m[h] for h in (*HEADLINE, "n_queries")} | {"ci": {h: m["ci"][h] for h in HEADLINE}}
                           for s, m in r.items()} for t, r in tables.items()}
-    md = [f"Dense: homedepot `{hd.version}`, sample `{sm.version}`; lexical: BM25 over `lexical_documents`; "
+    md = [f"Dense: {', '.join(f'{c.label} `{c.version}`' for c in catalogs)}; lexical: BM25 over `lexical_documents`; "
           f"K = {K}. Chosen on the validation slices: {name(chosen['hybrid (chosen on val)'])}.", ""]
     header = ["system"] + [f"{h} [95% CI]" for h in HEADLINE] + ["queries"]
     for t, r in tables.items():

@@ -30,3 +30,28 @@ def test_split_sample_halves_by_query(tmp_path: Path) -> None:
     sides = {s: {json.loads(x)["query"] for x in p.read_text().splitlines() if x} for s, p in files.items()}
     assert not sides["val"] & sides["test"] and len(sides["val"] | sides["test"]) == 40
     assert 10 <= len(sides["test"]) <= 30
+
+
+def test_the_bench_applies_the_engines_identifier_boost_when_asked() -> None:
+    """A dense side that prefers the wrong model number: boosted, the exact one ranks first, as the
+    engine ranks it (service/fusion.py); unboosted, the bench reports the plain fusion."""
+    import faiss
+    import numpy as np
+
+    from bench.realdata.hybrid import BOOSTED, prepare, rank
+    from index.lexical import LexicalIndex
+    from index.search import FaissCpuSearcher
+    from service.fusion import FusionSpec
+
+    docs = ["Behr TR-484 deck stain cedar", "Behr TR-174 deck stain", "deck over resurfacer", "cedar fence post"]
+    vectors = np.eye(4, dtype=np.float32)
+    index = faiss.IndexFlatIP(4)
+    index.add(vectors)
+    query = "TR-174 deck stain"
+    qvec = np.array([[0.9, 0.3, 0.3, 0.1]], np.float32)
+    qvec /= np.linalg.norm(qvec)  # the dense side ranks TR-484 first
+    prep = prepare(FaissCpuSearcher(index, vectors), LexicalIndex.build(docs), [query], qvec, 4)
+    ids = ["484", "174", "over", "post"]
+    plain, boosted = rank(prep, ids, FusionSpec()), rank(prep, ids, (BOOSTED, FusionSpec()))
+    assert plain[0][0] == "484" and boosted[0][0] == "174"
+    assert prep.exact[0][0].tolist() == [1]
