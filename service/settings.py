@@ -75,10 +75,11 @@ class Settings(BaseSettings):
     image_search: bool = Field(True, description="load the photo encoder (EfficientNet-Lite0 backbone + the version's "
                                "photo heads) with each version and answer POST /search/image (false: 404, and the "
                                "~40 MB per worker are not spent)")
-    image_head: Literal["primary", "other"] = Field("other", description="the photo head a shopper's photo goes "
+    image_head: Literal["primary", "other"] = Field("primary", description="the photo head a shopper's photo goes "
                                                     "through unless the request names one: primary (catalogue shots) "
-                                                    "| other (angles, in use, rooms); chosen by measurement, "
-                                                    "docs/RESULTS.md")
+                                                    "| other (angles, in use, rooms); chosen by measurement: primary "
+                                                    "wins on catalogue-like photos and ties on unseen room photos "
+                                                    "(docs/RESULTS.md, \"Search by photo\")")
     max_image_bytes: int = Field(8 << 20, ge=1024, le=256 << 20, description="largest photo accepted, in bytes "
                                  "(413 above; the body of /search/image may be its base64 size + max_body_bytes)")
     max_image_pixels: int = Field(40_000_000, ge=1, le=64_000_000, description="largest photo accepted, width x "

@@ -274,7 +274,7 @@ def test_metrics_per_route_and_stage(client, tiny_sample: Path) -> None:
 
 def test_readyz_and_the_openapi_schema(client) -> None:
     ready = client.get("/readyz").json()["photo_search"]
-    assert ready == {"available": True, "runtime": ready["runtime"], "default_head": "other"}
+    assert ready == {"available": True, "runtime": ready["runtime"], "default_head": "primary"}
     assert ready["runtime"] in ("cpu/onnx", "cpu/torch")  # on the query encoder's device: the CPU here
     spec = client.get("/openapi.json").json()
     op = spec["paths"][ROUTE]["post"]
