@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     # --- search by photo: POST /search/image (docs/SERVING.md §12)
     image_search: bool = Field(True, description="load the photo encoder (EfficientNet-Lite0 backbone + the version's "
                                "photo heads) with each version and answer POST /search/image (false: 404, and the "
-                               "~40 MB per worker are not spent)")
+                               "~90 MB of RSS per worker are not spent: measured, docs/SERVING.md §12)")
     image_head: Literal["primary", "other"] = Field("primary", description="the photo head a shopper's photo goes "
                                                     "through unless the request names one: primary (catalogue shots) "
                                                     "| other (angles, in use, rooms); chosen by measurement: primary "
