@@ -351,7 +351,11 @@ class Engine:
                 qvecs[i] = np.asarray(lv.searcher.vectors[row], dtype=np.float32)  # (d,) the stored fused vector
         given = {i for i in need if requests[i].vector is not None}  # a photo's vector, encoded before the batch
         for i in given:
-            qvecs[i] = requests[i].vector
+            vector = requests[i].vector
+            if vector is not None and vector.shape == (lv.encoder.dim,):
+                qvecs[i] = vector
+            # else: made by another version's heads (a swap in between, another dim): zeros here, never the
+            # batch's failure; the route sees the answer's version differ from the vector's and encodes again
         need = [i for i in need if i not in like_row and i not in given]
         if need:
             with lv.encoder.lock:  # static token/output buffers: one batch at a time

@@ -441,6 +441,19 @@ def test_the_photo_encoder_runs_on_the_query_encoders_device(tiny_build, monkeyp
     assert seen["expect_backbone"] == manifest["image_backbone_digest"]
 
 
+def test_a_vector_from_another_space_never_fails_the_batch(client) -> None:
+    """A photo vector made by another version's heads (a swap in between: another dim) shares a batch
+    with a text search: the text search is answered as alone; the photo gets the version to retry on."""
+    from service.engine import SearchRequest
+
+    engine = client.app.state.svc.engine
+    alone = engine.search_batch([SearchRequest("gift", 5)])
+    mixed = engine.search_batch([SearchRequest("gift", 5), SearchRequest("", 5, mode="dense",
+                                                                         vector=np.ones(7, np.float32))])
+    assert [h.id for h in mixed.hits[0]] == [h.id for h in alone.hits[0]]
+    assert mixed.index_version == engine.current.version
+
+
 def test_parsers_in_memory() -> None:
     body = (b"--B\r\nContent-Disposition: form-data; name=\"k\"\r\n\r\n5\r\n"
             b"--B\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a b.jpg\"\r\n"
