@@ -26,10 +26,6 @@ class SlotTable:
     rows: np.ndarray  # (n, S) int64, -1 where the listing lacks that slot
     present: np.ndarray  # (n, S) bool
 
-    @property
-    def n_slots(self) -> int:
-        return len(self.types)
-
 
 def build_slots(views: ViewTable, image_ok: np.ndarray, max_other_images: int) -> SlotTable:
     types = slot_types(max_other_images)

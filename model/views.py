@@ -80,19 +80,6 @@ class ViewTable:
         out[:, IMAGE_OTHER] = [any(ok[j] for j in rows) for rows in self.other_images]
         return out
 
-    def image_view_features(self, features: np.ndarray, image_ok: np.ndarray) -> np.ndarray:
-        """(n, 2, F) float32: the primary photo's feature and the mean of the other photos'."""
-        n, f = len(self.ids), features.shape[1] if features.ndim == 2 else 0
-        out = np.zeros((n, 2, f), dtype=np.float32)
-        for i in range(n):
-            p = self.primary_image[i]
-            if p >= 0 and image_ok[p]:
-                out[i, 0] = features[p]
-            rows = [j for j in self.other_images[i] if image_ok[j]]
-            if rows:
-                out[i, 1] = features[rows].mean(axis=0)
-        return out
-
 
 def build_view_table(listings: Sequence[Listing], texts: TextTable | None = None) -> ViewTable:
     """Lay out the views of `listings`; pass a shared TextTable to deduplicate with queries."""
