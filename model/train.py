@@ -141,6 +141,11 @@ class Trainer:
         self.positives: list[set[int]] = [set() for _ in self.query_rows]
         for q, item in zip(self.pair_q, data.pair_item, strict=True):
             self.positives[int(q)].add(int(item))
+        # each listing's title text row (identical titles share one): a duplicate of a positive
+        # is as relevant as the positive, so it is never a negative of that query either
+        self.title_rows = data.slots.rows[:, data.slots.types.index(TITLE)]  # (n,)
+        self.positive_titles = [{int(self.title_rows[i]) for i in pos if self.title_rows[i] >= 0}
+                                for pos in self.positives]
 
     def param_groups(self) -> list[dict[str, Any]]:
         enc = [p for p in self.model.encoder.parameters() if p.requires_grad]
@@ -212,15 +217,19 @@ class Trainer:
         return self.model.fuse(z, present, self.slot_types)  # (M, d) unit
 
     def batch_negatives(self, idx: np.ndarray) -> tuple[Tensor, Tensor] | None:
-        """This batch's mined negatives: -> ((M, d) vectors, (B, M) True where negative m is one of
-        row i's positives), or None when none were mined."""
+        """This batch's mined negatives, pooled: every row's softmax holds every row's negatives ->
+        ((M, d) vectors, (B, M) True where negative m is one of row i's positives or has the exact
+        title of one), or None when none were mined."""
         if self.pair_negatives is None:
             return None
         neg = self.pair_negatives[idx]  # (B, N)
         items = np.unique(neg[neg >= 0])  # (M,)
         if not len(items):
             return None
-        mask = np.array([[int(m) in self.positives[int(q)] for m in items] for q in self.pair_q[idx]], dtype=bool)
+        titles = self.title_rows[items]  # (M,)
+        mask = np.array([[int(m) in self.positives[int(q)] or int(t) in self.positive_titles[int(q)]
+                          for m, t in zip(items, titles, strict=True)] for q in self.pair_q[idx]], dtype=bool)
+        self.history.encoded_slots += int(self.data.slots.present[items].sum())
         return self.encode_items(items), torch.from_numpy(mask).to(self.device)
 
     def mine_negatives(self, item_vecs: np.ndarray | None = None) -> dict[str, float]:
@@ -230,9 +239,8 @@ class Trainer:
         if item_vecs is None:
             item_vecs = self.catalog_vectors()
         q = embed_query_rows(self.model, self.data.texts, self.query_rows, self.device, self.trunk)  # (Q, d)
-        title_rows = self.data.slots.rows[:, self.data.slots.types.index(TITLE)]  # (n,)
         c = self.cfg
-        per_query = mine_hard_negatives(q, item_vecs, self.positives, title_rows, c.hard_negatives,
+        per_query = mine_hard_negatives(q, item_vecs, self.positives, self.title_rows, c.hard_negatives,
                                         c.hard_negative_depth, c.hard_negative_skip, self.np_rng)  # (Q, N)
         self.pair_negatives = per_query[self.pair_q]  # (P, N)
         return {"mined_negatives": float((per_query >= 0).sum()), "mine_seconds": time.perf_counter() - t0}

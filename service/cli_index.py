@@ -38,8 +38,9 @@ def add_learning_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--validation-judgments", type=Path,
                    help="judgments.jsonl scored after every epoch (default with --patience: a share of the "
                    "interaction queries, held out by query hash)")
-    p.add_argument("--validation-fraction", type=float, default=0.1,
-                   help="share of the interaction queries held out for validation when no --validation-judgments")
+    p.add_argument("--validation-fraction", type=float,
+                   help="share of the interaction queries held out and scored every epoch when no "
+                   "--validation-judgments (default with --patience: 0.1)")
     p.add_argument("--min-relevant", type=float,
                    help="relevance counted as relevant in --judgments and --validation-judgments "
                    "(default: above the file's lowest grade)")

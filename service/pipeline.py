@@ -44,7 +44,7 @@ from model.distributed import DistContext
 from model.embed import embed_listings, embed_queries, view_clouds
 from model.fusion import view_weights
 from model.image import ImageFeaturizer, backbone_digest
-from model.interactions import Judgments, load_interactions, load_judgments
+from model.interactions import Interaction, Judgments, load_interactions, load_judgments
 from model.objectives import make_objective
 from model.text import TrunkCache, load_text_encoder, resolve_weights_dir, text_weights_digest
 from model.towers import TwoTower
@@ -64,6 +64,9 @@ CROSSVIEW_MAX_ITEMS = 200_000
 VIEW_VECTORS_AUTO_MAX = CROSSVIEW_MAX_ITEMS
 VIEW_VECTORS = ("auto", "on", "off")
 
+
+# Share of the interaction queries held out for validation when none is given otherwise.
+DEFAULT_VALIDATION_FRACTION = 0.1
 
 VIEW_VECTORS_FILE = "view_vectors.npy"
 SLOT_WEIGHTS_FILE = "slot_weights.npy"
@@ -120,9 +123,11 @@ class BuildOptions:
     # Validation queries scored after every epoch (early stopping with train_overrides patience):
     # a judgments file, or else this share of the interaction queries held out by query hash.
     validation_judgments: Path | None = None
-    validation_fraction: float = 0.1
+    validation_fraction: float | None = None  # None: DEFAULT_VALIDATION_FRACTION when validation is on
 
     def __post_init__(self) -> None:
+        if self.validation_fraction is not None and not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(f"validation fraction: must be within (0, 1), got {self.validation_fraction}")
         if self.view_vectors not in VIEW_VECTORS:
             raise ValueError(f"view_vectors: {self.view_vectors!r} is not one of {', '.join(VIEW_VECTORS)}")
 
@@ -151,7 +156,9 @@ class Inputs:
 # ---------------------------------------------------------------------------------- stages
 
 
-def load_inputs(opts: BuildOptions) -> Inputs:
+def load_inputs(opts: BuildOptions, validation: bool = True) -> Inputs:
+    """`validation=False`: leave the validation queries alone (`service index` after `train`: the
+    run already trained without them, and the index never reads them)."""
     catalog = load_catalog(opts.catalog, skip_bad_rows=opts.skip_bad_rows, images_root=opts.images_root,
                            column_map=opts.columns)
     if not catalog.listings:
@@ -162,19 +169,28 @@ def load_inputs(opts: BuildOptions) -> Inputs:
     if opts.interactions is not None:
         interactions, rep = load_interactions(opts.interactions, ids, skip_bad_rows=opts.skip_bad_rows)
         reports["interactions"] = rep.to_dict()
+    vs = None
+    if validation:
+        interactions, vs = validation_inputs(opts, ids, interactions, reports)
     judgments = None
     if opts.judgments is not None:
         judgments = load_judgments(opts.judgments, ids, skip_bad_rows=opts.skip_bad_rows,
                                    min_relevant=opts.min_relevant)
-        # judged queries also trained on would flatter the metrics: counted here, left out of them
+        # judged queries also trained on would flatter the metrics, and the epoch chosen on a
+        # validation query is chosen on it: both counted here and left out of the metrics
         judgments, in_training = exclude_training_queries(judgments, interactions)
-        reports["judgments"] = {**judgments.report.to_dict(), "in_training": in_training}
-    interactions, validation = validation_inputs(opts, ids, interactions, reports)
-    return Inputs(catalog, build_view_table(catalog.listings), interactions, judgments, reports, validation)
+        rep: dict[str, Any] = {**judgments.report.to_dict(), "in_training": in_training}
+        if vs is not None:
+            judgments, rep["in_validation"] = exclude_training_queries(
+                judgments, [Interaction(q, "") for q in vs.queries])
+        reports["judgments"] = rep
+    return Inputs(catalog, build_view_table(catalog.listings), interactions, judgments, reports, vs)
 
 
 def wants_validation(opts: BuildOptions) -> bool:
-    return opts.validation_judgments is not None or int(opts.train_overrides.get("patience", 0)) > 0
+    """Validation queries are scored every epoch when asked for by any of its options."""
+    return (opts.validation_judgments is not None or opts.validation_fraction is not None
+            or int(opts.train_overrides.get("patience", 0)) > 0)
 
 
 def validation_inputs(opts: BuildOptions, ids: set[str], interactions: list[Any],
@@ -184,6 +200,9 @@ def validation_inputs(opts: BuildOptions, ids: set[str], interactions: list[Any]
     if not wants_validation(opts):
         return interactions, None
     if opts.validation_judgments is not None:
+        if opts.judgments is not None and opts.validation_judgments.resolve() == opts.judgments.resolve():
+            raise ValueError(f"--validation-judgments {opts.validation_judgments}: the same file as --judgments; the "
+                             "epoch would be chosen on the queries the version is then scored (and gated) on")
         judged = load_judgments(opts.validation_judgments, ids, skip_bad_rows=opts.skip_bad_rows,
                                 min_relevant=opts.min_relevant)
         vs = ValidationSet.from_judgments(judged, str(opts.validation_judgments))
@@ -191,7 +210,7 @@ def validation_inputs(opts: BuildOptions, ids: set[str], interactions: list[Any]
         kept = [it for it in interactions if normalise(it.query) not in held]
         removed = len(interactions) - len(kept)
     elif interactions:
-        kept, vs = holdout_queries(interactions, opts.validation_fraction)
+        kept, vs = holdout_queries(interactions, opts.validation_fraction or DEFAULT_VALIDATION_FRACTION)
         removed = len(interactions) - len(kept)
     else:
         raise ValueError("--patience: early stopping needs validation queries: --interactions (a share of "
@@ -200,7 +219,7 @@ def validation_inputs(opts: BuildOptions, ids: set[str], interactions: list[Any]
         raise ValueError(f"validation: {len(vs)} queries with a relevant listing ({vs.source}); early stopping "
                          f"needs at least {MIN_VALIDATION_QUERIES}: raise --validation-fraction or pass "
                          "--validation-judgments")
-    if not kept:
+    if interactions and not kept:  # (no interactions at all: pseudo-queries train, as without validation)
         raise ValueError(f"validation: holding out {vs.source} leaves no interaction to train on")
     reports["validation"] = {"source": vs.source, "queries": len(vs), "interactions_held_out": removed}
     return kept, vs

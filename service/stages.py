@@ -270,7 +270,7 @@ def index_run(artifacts: Path, run: str, **overrides: Any) -> BuildResult:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     vectors, ids, metas = merge_shards(r)
-    inputs = load_inputs(opts)
+    inputs = load_inputs(opts, validation=False)
     if inputs.catalog.report.sha256 != r.info["catalog"]["sha256"]:
         raise StageError(f"{opts.catalog}: changed since the run was trained (sha256 differs)")
     if ids != [lst.id for lst in inputs.catalog.listings]:

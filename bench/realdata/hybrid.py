@@ -29,6 +29,7 @@ Reads ../shared/data/homedepot; writes var/realdata/homedepot/hybrid.{json,md}.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import re
@@ -77,9 +78,10 @@ def grid() -> list[Any]:
 
 
 def name(spec: Any) -> str:
+    boost = "" if spec.identifier_boost else " no-boost"
     if spec.method == "rrf":
-        return f"rrf k={spec.rrf_k} w_dense={spec.dense_weight:g} cand={spec.candidates}"
-    return f"weighted w_dense={spec.dense_weight:g} w_lex={spec.lexical_weight:g} cand={spec.candidates}"
+        return f"rrf k={spec.rrf_k} w_dense={spec.dense_weight:g} cand={spec.candidates}{boost}"
+    return f"weighted w_dense={spec.dense_weight:g} w_lex={spec.lexical_weight:g} cand={spec.candidates}{boost}"
 
 
 class Prepared:
@@ -108,17 +110,11 @@ def prepare(searcher: Any, lexical: Any, queries: list[str], qvecs: np.ndarray, 
     return Prepared(res.rows, lex_rows, dense_s, lex_s, exact)
 
 
-BOOSTED = "+ identifier boost"
-
-
 def rank(p: Prepared, ids: list[str], system: Any) -> list[list[str]]:
-    """`system`: "dense", "lexical", a FusionSpec, or (BOOSTED, spec): the spec with the engine's
-    exact-identifier boost (service/fusion.py `boost`; the listings holding the query's model numbers)."""
+    """`system`: "dense", "lexical" or a FusionSpec, ranked as the engine and `service eval` rank
+    it: with the exact-identifier boost when the spec has it on (service/fusion.py `boost`)."""
     from service.fusion import hybrid_one
 
-    boosted = isinstance(system, tuple)
-    if boosted:
-        system = system[1]
     out = []
     for j in range(len(p.lex_rows)):
         if system == "dense":
@@ -130,7 +126,7 @@ def rank(p: Prepared, ids: list[str], system: Any) -> list[list[str]]:
             rows, _ = hybrid_one(p.dense_rows[j], p.lex_rows[j], system, system.depth(K, 0),
                                  lambda rs, ds=ds: np.array([ds[int(r)] for r in rs]),
                                  lambda rs, ls=ls: np.array([ls[int(r)] for r in rs]),
-                                 exact=p.exact[j] if boosted else None)
+                                 exact=p.exact[j] if system.identifier_boost else None)
             rows = rows[:K]
         out.append([ids[r] for r in rows if r >= 0])
     return out
@@ -259,14 +255,14 @@ def main(argv: list[str] | None = None) -> int:
     chosen = {"hybrid (chosen on val)": max(pool, key=lambda r: r[1]["min_ndcg_gain"])[0],
               "best on homedepot val only": max(grid_rows, key=lambda r: r[1]["homedepot"]["ndcg@10"])[0],
               "rrf k=60, equal weights (textbook)": FusionSpec("rrf", 60, 1.0, 1.0, 100)}
-    served = FusionSpec()  # the service's default fusion, with and without its identifier boost
-    chosen |= {"served default, no identifier boost": served, f"served default {BOOSTED}": (BOOSTED, served)}
+    served = FusionSpec()  # the service's default fusion (identifier boost on), and without the boost
+    chosen |= {"served default (identifier boost)": served,
+               "served default, no identifier boost": dataclasses.replace(served, identifier_boost=False)}
 
     # --- report on the test slices (+ homedepot's identifier-like subset)
     out: dict[str, Any] = {"versions": {c.label: c.version for c in catalogs}, "k": K, "machine": machine(),
                            "singles_val": singles, "grid": [r for _, r in grid_rows],
-                           "chosen": {k: name(v[1] if isinstance(v, tuple) else v) + (f" {BOOSTED}" if isinstance(
-                               v, tuple) else "") for k, v in chosen.items()}, "sample_split": {
+                           "chosen": {k: name(v) for k, v in chosen.items()}, "sample_split": {
                                k: str(v) for k, v in sample_split.items()}}
     tables: dict[str, Any] = {}
     for c in catalogs:

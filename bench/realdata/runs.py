@@ -56,9 +56,9 @@ def parse_spec(spec: str, defaults: dict[str, Any] | None = None) -> RunSpec:
 def build_run(spec: RunSpec, *, catalog: Path, artifacts: Path, interactions: Path | None,
               image_cache: Path | None = None, validation: Path | None = None,
               min_relevant: float | None = None) -> dict[str, Any]:
-    """`validation`: judgments scored after every epoch (early stopping when the spec sets
-    patience), relevant at `min_relevant`."""
-    """Build (unpublished, exact Flat index) version `spec.name` unless it exists; -> a summary."""
+    """Build (unpublished, exact Flat index) version `spec.name` unless it exists; -> a summary.
+    `validation`: judgments scored after every epoch (early stopping when the spec sets patience),
+    relevant at `min_relevant`."""
     from index.artifacts import ArtifactStore
     from service.pipeline import build_index, build_options
 

@@ -35,10 +35,12 @@ def test_split_sample_halves_by_query(tmp_path: Path) -> None:
 def test_the_bench_applies_the_engines_identifier_boost_when_asked() -> None:
     """A dense side that prefers the wrong model number: boosted, the exact one ranks first, as the
     engine ranks it (service/fusion.py); unboosted, the bench reports the plain fusion."""
+    import dataclasses
+
     import faiss
     import numpy as np
 
-    from bench.realdata.hybrid import BOOSTED, prepare, rank
+    from bench.realdata.hybrid import prepare, rank
     from index.lexical import LexicalIndex
     from index.search import FaissCpuSearcher
     from service.fusion import FusionSpec
@@ -52,6 +54,7 @@ def test_the_bench_applies_the_engines_identifier_boost_when_asked() -> None:
     qvec /= np.linalg.norm(qvec)  # the dense side ranks TR-484 first
     prep = prepare(FaissCpuSearcher(index, vectors), LexicalIndex.build(docs), [query], qvec, 4)
     ids = ["484", "174", "over", "post"]
-    plain, boosted = rank(prep, ids, FusionSpec()), rank(prep, ids, (BOOSTED, FusionSpec()))
+    plain = rank(prep, ids, dataclasses.replace(FusionSpec(), identifier_boost=False))
+    boosted = rank(prep, ids, FusionSpec())  # the served default: the boost on
     assert plain[0][0] == "484" and boosted[0][0] == "174"
     assert prep.exact[0][0].tolist() == [1]

@@ -14,6 +14,7 @@ from torch import nn
 
 from model.interactions import Interaction
 from model.text import Tokenizer, resolve_weights_dir
+from model.train import Trainer
 from model.validation import EarlyStopping, ValidationSet, holdout_queries, normalise, query_unit
 from model.views import KIND_QUERY
 
@@ -67,8 +68,8 @@ def test_the_kept_weights_score_exactly_the_best_epoch(tokenizer) -> None:
     queries = [" ".join(data.texts.texts[int(data.slots.rows[i, 0])].split()[:2]) + " v" for i in range(0, 48, 2)]
     vs = ValidationSet(queries, [{ids[i]: 1.0} for i in range(0, 48, 2)], "test")
     rows = np.array([data.texts.add(q, KIND_QUERY) for q in vs.queries])
-    tr = make_trainer("ft", data, tokenizer)  # builds the trunk after the rows were added
-    tr.cfg = dataclasses.replace(tr.cfg, epochs=5, patience=2)
+    base = make_trainer("ft", data, tokenizer)  # builds the trunk after the rows were added
+    tr = Trainer(base.model, data, base.trunk, dataclasses.replace(base.cfg, epochs=5, patience=2), torch.device("cpu"))
     hist = tr.fit(validation=vs, validation_rows=rows)
     es = hist.early_stopping
     vals = [e["val_ndcg@10"] for e in hist.epochs]
@@ -78,3 +79,24 @@ def test_the_kept_weights_score_exactly_the_best_epoch(tokenizer) -> None:
     assert again["ndcg@10"] == es["best"]  # the model left behind is the best epoch's
     with pytest.raises(ValueError, match="needs validation queries"):
         tr.fit(validation=None)  # patience without anything to validate on
+
+
+def test_fit_restores_the_best_epoch_not_the_last(tokenizer, monkeypatch) -> None:
+    """Validation scores scripted (best at epoch 2 of 4): the weights left are epoch 2's, bit for bit."""
+    data = make_data(32, 1, seed=6)
+    vs = ValidationSet(["red mug"], [{data.views.ids[0]: 1.0}], "scripted")
+    rows = np.array([data.texts.add("red mug", KIND_QUERY)])
+    base = make_trainer("ft", data, tokenizer)
+    tr = Trainer(base.model, data, base.trunk, dataclasses.replace(base.cfg, epochs=4, patience=3), torch.device("cpu"))
+    script, snapshots = iter([0.1, 0.5, 0.3, 0.2]), []
+
+    def scripted(vs_, rows_):
+        snapshots.append({k: v.detach().clone() for k, v in tr.model.state_dict().items()})
+        return {"ndcg@10": next(script), "recall@10": 0.0, "recall@100": 0.0, "queries": 1}, tr.catalog_vectors()
+
+    monkeypatch.setattr(tr, "validate", scripted)
+    hist = tr.fit(validation=vs, validation_rows=rows)
+    assert hist.early_stopping["best_epoch"] == 2 and len(hist.epochs) == 4
+    now = tr.model.state_dict()
+    assert all(torch.equal(now[k], snapshots[1][k]) for k in now)
+    assert any(not torch.equal(now[k], snapshots[3][k]) for k in now)  # the last epoch's were different
