@@ -296,6 +296,12 @@ def main(argv: list[str] | None = None) -> int:
                     d = paired_difference(hyb[h], r[label]["per_query"][h])
                     cells.append(f"{d['mean']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]")
                 diffs.append([f"hybrid minus {label}"] + cells)
+            on, off = r["served default (identifier boost)"]["per_query"], r["served default, no identifier boost"]["per_query"]
+            cells = []
+            for h in HEADLINE:
+                d = paired_difference(on[h], off[h])
+                cells.append(f"{d['mean']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]")
+            diffs.append(["served default: identifier boost minus none"] + cells)
             md += [markdown_table(["paired, 95% CI"] + list(HEADLINE), diffs), ""]
     text = "\n".join(md) + "\n"
     out["markdown"] = text
