@@ -266,6 +266,9 @@ def train_stage(inputs: Inputs, features: np.ndarray, ok: np.ndarray, opts: Buil
     encodes its slice of each global batch (model/distributed.py)."""
     dist = dist or DistContext()
     tcfg = train_config(opts)
+    if tcfg.hard_negatives and dist.enabled:  # before any rank spends minutes on the trunk cache
+        raise ValueError("hard_negatives: not supported under torchrun yet (each rank would mine its own); "
+                         "train in one process or leave --hard-negatives at 0")
     seed_everything(tcfg.seed)
     index_views = make_objective(tcfg.objective, opts.dim, tcfg).index_views
     cfg = model_config(opts, index_views)
