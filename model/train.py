@@ -185,6 +185,27 @@ class Trainer:
         inverse[order] = torch.arange(len(order))
         return pooled_sorted[inverse.to(self.device)]
 
+    def text_slots(self, sel: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, S) bool slots -> (listing, slot) positions of its TEXT slots, the order the pooled
+        texts handed to `fill_views` must follow."""
+        is_text = torch.isin(self.slot_types, torch.tensor(TEXT_VIEWS, device=self.device))  # (S,)
+        return (sel & is_text).nonzero(as_tuple=True)
+
+    def fill_views(self, out: Tensor, sel: Tensor, rows: Tensor, tb: Tensor, ts: Tensor,
+                   text_pooled: Tensor | None) -> None:
+        """Write the unit view embeddings of the slots `sel` (B, S) into out (B, S, d): text slots
+        (tb, ts) from `text_pooled` (Nt, H) through their view's projection, photo slots from the
+        cached image features through theirs."""
+        if text_pooled is not None:
+            for v in TEXT_VIEWS:
+                m = self.slot_types[ts] == v
+                if bool(m.any()):
+                    out[tb[m], ts[m]] = self.model.project_text(v, text_pooled[m]).to(out.dtype)
+        for v in IMAGE_VIEWS:
+            sel_b, sel_s = (sel & (self.slot_types == v)).nonzero(as_tuple=True)
+            if len(sel_b):
+                out[sel_b, sel_s] = self.model.project_image(v, self.features[rows[sel_b, sel_s]]).to(out.dtype)
+
     def encode_items(self, items: np.ndarray) -> Tensor:
         """Listings (M,) -> (M, d) what the objective contrasts a query with (`query_target`): the
         fused vector over every present indexed view, exactly as the index holds it, or the title
@@ -200,18 +221,9 @@ class Trainer:
         present = present & allowed  # (M, S)
         M, S = present.shape
         z = torch.zeros(M, S, self.model.cfg.tower.dim, device=self.device)
-        is_text = torch.isin(self.slot_types, torch.tensor(TEXT_VIEWS, device=self.device))  # (S,)
-        tb, ts = (present & is_text).nonzero(as_tuple=True)
-        if len(tb):
-            pooled = self.encode_texts(rows[tb, ts])  # (Nt, H)
-            for v in TEXT_VIEWS:
-                sel = self.slot_types[ts] == v
-                if bool(sel.any()):
-                    z[tb[sel], ts[sel]] = self.model.project_text(v, pooled[sel]).to(z.dtype)
-        for v in IMAGE_VIEWS:
-            sel_b, sel_s = (present & (self.slot_types == v)).nonzero(as_tuple=True)
-            if len(sel_b):
-                z[sel_b, sel_s] = self.model.project_image(v, self.features[rows[sel_b, sel_s]]).to(z.dtype)
+        tb, ts = self.text_slots(present)
+        pooled = self.encode_texts(rows[tb, ts]) if len(tb) else None  # (Nt, H)
+        self.fill_views(z, present, rows, tb, ts, pooled)
         if self.objective.query_target == "title":
             return z[:, int((self.slot_types == TITLE).nonzero()[0])]  # (M, d) unit already
         return self.model.fuse(z, present, self.slot_types)  # (M, d) unit
@@ -269,22 +281,12 @@ class Trainer:
         B, S = present.shape
         self.history.encoded_slots += int(encode.sum()) + B
         # Texts: the queries and every encoded text slot go through the top layers in ONE call.
-        is_text = torch.isin(self.slot_types, torch.tensor(TEXT_VIEWS, device=self.device))  # (S,)
-        tb, ts = (encode & is_text).nonzero(as_tuple=True)  # text slot positions
+        tb, ts = self.text_slots(encode)
         q_rows = torch.from_numpy(d.pair_query[idx]).to(self.device)  # (B,)
         pooled = self.encode_texts(torch.cat([q_rows, rows[tb, ts]]))  # (B + Nt, H)
         query = self.model.project_query(pooled[:B])  # (B, d)
         views = torch.zeros(B, S, self.model.cfg.tower.dim, device=self.device, dtype=query.dtype)
-        text_pooled = pooled[B:]
-        for v in TEXT_VIEWS:
-            sel = self.slot_types[ts] == v
-            if bool(sel.any()):
-                views[tb[sel], ts[sel]] = self.model.project_text(v, text_pooled[sel]).to(views.dtype)
-        for v in IMAGE_VIEWS:
-            sel_b, sel_s = (encode & (self.slot_types == v)).nonzero(as_tuple=True)
-            if len(sel_b):
-                feats = self.features[rows[sel_b, sel_s]]  # (Ni, F)
-                views[sel_b, sel_s] = self.model.project_image(v, feats).to(views.dtype)
+        self.fill_views(views, encode, rows, tb, ts, pooled[B:])
         pw = torch.from_numpy(d.pair_weight[idx]).to(self.device)
         batch = ViewBatch(
             query=query, views=views, encoded=encode, present=present, weights=weights,

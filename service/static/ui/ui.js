@@ -356,13 +356,25 @@ async function load() {
   }
 }
 
-function startSearch() {
+// Run a form reader: a FormError is shown to the user (-> null); anything else is a bug, thrown.
+function readOrShow(read) {
   try {
-    view.body = readSearch();
+    return read();
   } catch (err) {
-    if (err instanceof FormError) return showError(err);
+    if (err instanceof FormError) {
+      showError(err);
+      return null;
+    }
     throw err;
   }
+}
+
+const readFiltersAndK = () => ({ filters: readFilters(), k: readK() });
+
+function startSearch() {
+  const body = readOrShow(readSearch);
+  if (!body) return undefined;
+  view.body = body;
   Object.assign(view, { kind: "search", like: null, offset: 0, k: view.body.k, main: "search" });
   return load();
 }
@@ -380,30 +392,18 @@ function preview(file) {
 async function startPhoto() {
   const file = $("photo").files[0];
   if (!file) return showError(new FormError("photo: choose a photo first"));
-  let filters;
-  let k;
-  try {
-    filters = readFilters();
-    k = readK();
-  } catch (err) {
-    if (err instanceof FormError) return showError(err);
-    throw err;
-  }
+  const form = readOrShow(readFiltersAndK);
+  if (!form) return undefined;
+  const { filters, k } = form;
   const photo = { file, filters, head: $("photo-head").value, preview: await preview(file) };
   Object.assign(view, { kind: "photo", photo, like: null, offset: 0, k, main: "photo" });
   return load();
 }
 
 function startSimilar(id, title) {
-  let filters;
-  let k;
-  try {
-    filters = readFilters();
-    k = readK();
-  } catch (err) {
-    if (err instanceof FormError) return showError(err);
-    throw err;
-  }
+  const form = readOrShow(readFiltersAndK);
+  if (!form) return undefined;
+  const { filters, k } = form;
   Object.assign(view, { kind: "similar", like: { id, title, filters }, offset: 0, k });
   window.scrollTo(0, 0);
   return load();
