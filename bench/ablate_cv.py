@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.pipeline import build_index, build_options  # noqa: E402
+from service.build.pipeline import build_index, build_options  # noqa: E402
 
 VARIANTS: dict[str, tuple[str, dict[str, float]]] = {
     "ft-base": ("ft", {}),

@@ -43,8 +43,8 @@ sys.path.insert(0, str(ROOT))
 
 from index.torch_search import TorchExact  # noqa: E402  (no faiss import)
 from model.config import ModelConfig, TowerConfig  # noqa: E402
-from model.synthetic import CATEGORIES, COLORS  # noqa: E402
-from model.text import BertConfig  # noqa: E402
+from model.encoders.text import BertConfig  # noqa: E402
+from model.sample.catalog import CATEGORIES, COLORS  # noqa: E402
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -135,8 +135,8 @@ def gpu_tests(smoke: bool) -> dict[str, Any]:
 
 
 def graph_parity(weights: Path, tokenizer: Path, device: torch.device) -> tuple[dict[str, Any], Any]:
-    from model.cuda_graphs import eager_capture
-    from model.query_encoder import PROBE_MIN_COSINE, EncoderOptions, QueryEncoder
+    from model.runtime.cuda_graphs import eager_capture
+    from model.runtime.query_encoder import PROBE_MIN_COSINE, EncoderOptions, QueryEncoder
 
     capture = None if device.type == "cuda" else eager_capture  # CPU: the eager stand-in runs the same check
     opts = EncoderOptions(backend="torch", cuda_graphs=True, max_batch=64)
@@ -250,9 +250,9 @@ def write_artifact(folder: Path, vectors: np.ndarray, weights: Path, tokenizer: 
     """A published artifact over `vectors` (Flat index, generated listings) and a sample folder."""
     import shutil
 
-    from index.artifacts import ArtifactStore
     from index.build import build_index, save_index
-    from index.metadata import ListingRecord, write_listings
+    from index.store.artifacts import ArtifactStore
+    from index.store.listings import ListingRecord, write_listings
 
     store = ArtifactStore(folder / "artifacts")
     name = f"gpu-check-{len(vectors)}"
@@ -288,8 +288,8 @@ def load_section(folder: Path, vectors: np.ndarray, weights: Path, tokenizer: Pa
     artifacts, name = write_artifact(folder, vectors, weights, tokenizer, digest)
     out: dict[str, Any] = {"artifact": name, "write_s": round(time.perf_counter() - t0, 1)}
     if smoke:  # the artifact is servable: loaded in process, no server started
-        from service.engine import load_version
-        from service.settings import Settings
+        from service.serving.engine import load_version
+        from service.serving.settings import Settings
 
         lv = load_version(Settings(artifacts=artifacts, index_device="cpu", encoder_device=str(device),
                                    placed_recall_queries=20))

@@ -4,7 +4,7 @@
 
 bench/make_artifact.py writes versions without a lexical index (they serve dense). This writes a
 new artifact folder whose version is the source's files plus a lexical index over what the
-listing metadata holds (`service.pipeline.record_documents`: title, category, attributes), with
+listing metadata holds (`service.build.pipeline.record_documents`: title, category, attributes), with
 fresh checksums, published as `current`. Then, e.g.:
 
     SERVICE_SEARCH_MODE=dense  nice -n 19 .venv/bin/python bench/inprocess.py --artifacts var/bench/a100k-hybrid
@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from index.artifacts import MANIFEST, ArtifactStore  # noqa: E402
 from index.lexical import LexicalIndex  # noqa: E402
-from index.metadata import ListingStore  # noqa: E402
-from service.pipeline import record_documents  # noqa: E402
+from index.store.artifacts import MANIFEST, ArtifactStore  # noqa: E402
+from index.store.listings import ListingStore  # noqa: E402
+from service.build.pipeline import record_documents  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

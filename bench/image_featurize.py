@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from model.config import ImageConfig
-from model.image import EfficientNetLite0, ImageFeaturizer, export_onnx, load_image, weights_file
+from model.encoders.image import EfficientNetLite0, ImageFeaturizer, export_onnx, load_image, weights_file
 
 IKEA = Path("/work/shared/data/ikea")
 # ImageNet-1k class indices: 423 barber chair, 559 folding chair, 765 rocking chair, 857 throne;

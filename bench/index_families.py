@@ -59,9 +59,9 @@ import faiss  # noqa: E402
 
 from bench.common import load_queries, machine  # noqa: E402
 from bench.make_artifact import fit_gmm  # noqa: E402
-from index.artifacts import ArtifactStore  # noqa: E402
 from index.build import RERANK_FACTOR  # noqa: E402
 from index.search import EXACT_SUBSET_MAX, FaissCpuSearcher, _exact_subset  # noqa: E402
+from index.store.artifacts import ArtifactStore  # noqa: E402
 from index.tune import ann_recall, exact_topk, tune_search_params  # noqa: E402
 
 SELECTIVITIES = (0.1, 0.01, 0.001)
@@ -77,7 +77,7 @@ def real_vectors(source: Path, sample: Path, n_queries: int, seed: int) -> tuple
                          "var/sample/interactions.jsonl --judgments var/sample/judgments.jsonl --artifacts var/artifacts")
     folder = store.version_dir(version)
     items = np.load(folder / "vectors.npy").astype(np.float32)
-    from model.query_encoder import QueryEncoder
+    from model.runtime.query_encoder import QueryEncoder
 
     enc = QueryEncoder(folder / "model.safetensors", folder / "tokenizer.json")
     texts = load_queries(sample, n_queries, seed)

@@ -24,8 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import load_queries, machine, percentiles_ms  # noqa: E402
-from service.engine import Engine, SearchRequest  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from service.serving.engine import Engine, SearchRequest  # noqa: E402
+from service.serving.settings import Settings  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def set_search_threads() -> None:
         # Per calling thread, and torch's first parallel op in a thread resets it: set it before
-        # every batch, as the service's batch runner does (service/app.py make_batch_runner).
+        # every batch, as the service's batch runner does (service/api/app.py make_batch_runner).
         if a.search_threads:
             faiss.omp_set_num_threads(a.search_threads)
 

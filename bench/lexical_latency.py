@@ -6,9 +6,9 @@ Documents: the homedepot titles (../shared/data/homedepot/catalog.jsonl, read, n
 repeated with a per-copy model number appended ("... MX-4821B") until there are --items of them;
 without that file, synthetic titles drawn from a Zipf vocabulary (said in the output). Queries:
 the homedepot judged queries (or synthetic ones). Timed, per query, exactly what the engine adds
-for a hybrid request (service/engine.py):
+for a hybrid request (service/serving/engine.py):
   lexical   LexicalIndex.scores (bm25s) + top_k(candidates), unfiltered and under a 10% row mask;
-  fuse      service.fusion.hybrid_one, rrf and weighted (exact cosines of the candidates from fp16
+  fuse      index.rank_fusion.hybrid_one, rrf and weighted (exact cosines of the candidates from fp16
             vectors, as the engine reads them), with a dense top-100 list computed untimed.
 Single thread (the search worker's), p50/p99 over the queries; writes var/bench/lexical_latency.json.
 """
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     import faiss
 
     from index.lexical import LexicalIndex, top_k
-    from service.fusion import FusionSpec, hybrid_one
+    from index.rank_fusion import FusionSpec, hybrid_one
 
     faiss.omp_set_num_threads(1)
     docs, queries, source = documents(a.items)

@@ -29,9 +29,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import load_queries, machine  # noqa: E402
-from index.artifacts import ArtifactStore  # noqa: E402
 from index.build import build_index, save_index  # noqa: E402
-from index.metadata import ListingRecord, write_listings  # noqa: E402
+from index.store.artifacts import ArtifactStore  # noqa: E402
+from index.store.listings import ListingRecord, write_listings  # noqa: E402
 
 
 def _log_resp(x: np.ndarray, weights: np.ndarray, means: np.ndarray, var: np.ndarray) -> np.ndarray:
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     tuning: dict = {}
     if built.key != "Flat":
         from index.tune import tune_search_params
-        from model.query_encoder import QueryEncoder
+        from model.runtime.query_encoder import QueryEncoder
 
         enc = QueryEncoder(src / "model.safetensors", src / "tokenizer.json")
         queries = load_queries(a.sample, 1000, a.seed)

@@ -191,8 +191,8 @@ def heldout_catalog(src: Path, folder: Path, test: set[str]) -> Path:
 def build_ikea(catalog: Path, artifacts: Path, image_cache: Path, images_root: Path | None) -> None:
     """`ft` as bench/realdata/ikea.py builds it (self-supervised, exact Flat index, unpublished)."""
     from bench.realdata.runs import build_run, parse_spec
-    from index.artifacts import ArtifactStore
-    from service.pipeline import build_index, build_options
+    from index.store.artifacts import ArtifactStore
+    from service.build.pipeline import build_index, build_options
 
     if images_root is None:
         build_run(parse_spec("ft"), catalog=catalog, artifacts=artifacts, interactions=None, image_cache=image_cache)

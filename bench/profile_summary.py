@@ -21,15 +21,15 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("encode: torch", ("torch/nn/", "MiniLM.", "_torch_forward")),
     ("tokenize", ("QueryEncoder.tokenize", "Tokenizer.ids", "tokenizers")),
     ("search: faiss", ("faiss",)),
-    ("search: other", ("index/search.py", "index/denylist.py", "index/filters.py")),
-    ("metadata: sqlite", ("index/metadata.py",)),
-    ("engine: other", ("service/engine.py",)),
-    ("batcher", ("service/batcher.py",)),
+    ("search: other", ("index/search.py", "index/store/denylist.py", "index/filters.py")),
+    ("metadata: sqlite", ("index/store/listings.py",)),
+    ("engine: other", ("service/serving/engine.py",)),
+    ("batcher", ("service/serving/batcher.py",)),
     ("response: pydantic/json", ("pydantic", "fastapi/encoders.py", "json/", "fastapi/routing.py:serialize")),
     ("routing: fastapi/starlette", ("fastapi/", "starlette/")),
-    ("service: middleware, routes, cache, logs", ("service/middleware.py", "service/disconnect.py",
-                                                  "service/routes.py", "service/cache.py", "service/querylog.py",
-                                                  "service/logctx.py", "logging/", "uuid.py")),
+    ("service: middleware, routes, cache, logs", ("service/api/middleware.py", "service/api/disconnect.py",
+                                                  "service/api/routes.py", "service/serving/cache.py", "service/serving/querylog.py",
+                                                  "service/serving/logctx.py", "logging/", "uuid.py")),
     ("metrics: prometheus", ("prometheus_client",)),
     ("http: uvicorn/httptools", ("uvicorn/", "httptools", "h11")),
     ("asyncio loop", ("asyncio/",)),
@@ -40,7 +40,7 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
 # own idle detection does not work in every container, so idle samples are dropped here).
 IDLE_LEAVES = ("_worker (concurrent/futures/thread.py", "Condition.wait (threading.py", "Queue.get (queue.py",
                "Runner.run (asyncio/runners.py", "Event.wait (threading.py", "Thread._wait_for_tstate_lock",
-               "WorkerThread.run (anyio", "QueryLog._writer (service/querylog.py")
+               "WorkerThread.run (anyio", "QueryLog._writer (service/serving/querylog.py")
 
 
 def idle(stack: str) -> bool:

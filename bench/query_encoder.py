@@ -3,7 +3,7 @@
     .venv/bin/python bench/query_encoder.py --artifacts var/artifacts --sample var/sample \
         [--queries 1000] [--threads 2] [--backends torch,onnx,int8] [--repeat 300]
 
-For each backend (see model/query_encoder.py; `int8-dynamic` is the per-column int8 plan that was
+For each backend (see model/runtime/query_encoder.py; `int8-dynamic` is the per-column int8 plan that was
 measured and not kept): p50/p95 latency of one 8-token query (the
 8-token query padded to its length bucket, as the service runs it, and at its exact length), a
 batch of 32, and, against the fp32 torch encoder on >= 1,000 distinct sample queries: cosine
@@ -25,12 +25,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import load_queries, machine, percentiles_ms  # noqa: E402
-from index.artifacts import ArtifactStore  # noqa: E402
 from index.build import load_index  # noqa: E402
-from model.query_encoder import EncoderOptions, QueryEncoder  # noqa: E402
+from index.store.artifacts import ArtifactStore  # noqa: E402
+from model.runtime.query_encoder import EncoderOptions, QueryEncoder  # noqa: E402
 
 QUERY_8 = "red leather crossbody bag strap"  # 8 tokens with [CLS] and [SEP]
-# Quantisation plans measured for comparison but not offered as backends (model/onnx_query.py).
+# Quantisation plans measured for comparison but not offered as backends (model/runtime/onnx_query.py).
 ALTERNATIVES = {"int8-dynamic": {"qkv": "dynamic", "attn_out": "dynamic", "ffn_in": "dynamic", "ffn_out": "dynamic"}}
 
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         enc = QueryEncoder(folder / "model.safetensors", folder / "tokenizer.json", "cpu",
                            EncoderOptions(backend="int8" if variant else backend, threads=a.threads))
         if variant:  # a measured alternative that is not a backend: swap its session in
-            from model.onnx_query import OnnxQueryRunner, export_query_onnx
+            from model.runtime.onnx_query import OnnxQueryRunner, export_query_onnx
 
             ref_tower = QueryEncoder(folder / "model.safetensors", folder / "tokenizer.json", "cpu")
             enc._onnx = OnnxQueryRunner(export_query_onnx(ref_tower.encoder, ref_tower.proj, plan=variant), enc.dim,

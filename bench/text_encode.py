@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from model.text import TrunkCache, encode_texts, load_text_encoder, mean_pool
+from model.encoders.text import TrunkCache, encode_texts, load_text_encoder, mean_pool
 
 VOCAB = (
     "vintage handmade leather wool linen cotton silk ceramic wooden silver gold brass red blue navy "

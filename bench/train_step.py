@@ -38,14 +38,14 @@ SPLIT = Path("var/realdata/homedepot/split/train_interactions.jsonl")
 
 
 def run(setting: str, pairs: int, steps: int) -> dict[str, float]:
-    from model.catalog import load_catalog
     from model.checkpoint import new_model
     from model.config import ModelConfig, TextConfig, TrainConfig
-    from model.data import build_training_set
-    from model.interactions import load_interactions
-    from model.text import load_text_encoder
-    from model.train import Trainer, autocast_enabled, build_trunk, seed_everything
-    from model.views import build_view_table
+    from model.data.catalog import load_catalog
+    from model.data.interactions import load_interactions
+    from model.data.views import build_view_table
+    from model.encoders.text import load_text_encoder
+    from model.train.pairs import build_training_set
+    from model.train.trainer import Trainer, autocast_enabled, build_trunk, seed_everything
 
     key, _, value = setting.partition("=")
     listings = load_catalog(DATA / "catalog.jsonl").listings

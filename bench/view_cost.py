@@ -18,14 +18,14 @@ import time
 import numpy as np
 import torch
 
-from model.catalog import Listing
 from model.checkpoint import new_model
 from model.config import ModelConfig, TowerConfig, TrainConfig
-from model.data import build_training_set
-from model.interactions import Interaction
-from model.text import load_text_encoder
-from model.train import Trainer, build_trunk
-from model.views import build_view_table
+from model.data.catalog import Listing
+from model.data.interactions import Interaction
+from model.data.views import build_view_table
+from model.encoders.text import load_text_encoder
+from model.train.pairs import build_training_set
+from model.train.trainer import Trainer, build_trunk
 
 WORDS = ["red", "blue", "green", "striped", "wool", "cotton", "ceramic", "mug", "scarf", "vase", "handmade", "gift", "cozy", "soft", "bright"]
 

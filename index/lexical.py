@@ -38,7 +38,7 @@ from index.search import SearchResult
 
 TOKENIZER = "alnum-v1"
 # A letters+digits query token held by at most this many listings (and at most 1% of them) is
-# an identifier (hybrid search ranks the listings that hold it first: service/fusion.py).
+# an identifier (hybrid search ranks the listings that hold it first: index/rank_fusion.py).
 IDENTIFIER_MAX_DF = 50
 
 

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from model.config import IMAGE_VIEWS, ModelConfig
-from model.text import BertConfig, MiniLM
+from model.encoders.text import BertConfig, MiniLM
 from model.towers import ImageHead, TwoTower
 
 FORMAT = "mvretrieval.twotower/1"

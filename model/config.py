@@ -127,12 +127,12 @@ class TrainConfig:
     pmrl_temperature: float = 0.1
     # Self-supervised pseudo-queries per listing when no interactions are given.
     pseudo_queries_per_item: int = 4
-    # Early stopping (model/validation.py): stop when the validation nDCG@10 has not improved for
+    # Early stopping (model/train/validation.py): stop when the validation nDCG@10 has not improved for
     # this many epochs and keep the best epoch's weights; `epochs` is then the most it trains.
     # 0 = off (every epoch runs, the last one is kept).
     patience: int = 0
     # Hard negatives per pair mined before each epoch from the current towers' ranking of the
-    # catalog (model/negatives.py): drawn from `hard_negative_depth` ranks after the first
+    # catalog (model/train/negatives.py): drawn from `hard_negative_depth` ranks after the first
     # `hard_negative_skip` non-positive ones. 0 = in-batch negatives only.
     hard_negatives: int = 0
     hard_negative_depth: int = 50

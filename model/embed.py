@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from model.config import IMAGE_VIEWS, TEXT_VIEWS, VIEW_TYPES
-from model.data import SlotTable
-from model.text import TrunkCache
+from model.data.views import KIND_QUERY, KIND_TITLE, ViewTable
+from model.encoders.text import TrunkCache
 from model.towers import TwoTower
-from model.views import KIND_QUERY, KIND_TITLE, ViewTable
+from model.train.pairs import SlotTable
 
 
 def _budget(model: TwoTower, kind: int) -> int:

@@ -4,7 +4,7 @@ Query tower: MiniLM (all 6 layers) -> mean pool -> linear -> unit vector.
 Item tower: per view type an encoder + projection to `dim`:
   title / description / tags: the same MiniLM -> mean pool -> a linear map per view type;
   primary image / other images: frozen EfficientNet-Lite0 features (cached) -> LayerNorm-MLP head;
-then `Fusion` (model/fusion.py) combines the present views into the indexed vector.
+then `Fusion` (model/view_fusion.py) combines the present views into the indexed vector.
 
 All text projections (query included) start from ONE random orthogonal map, so before training the
 model ranks like frozen MiniLM (cosines within a random 256-d subspace of the 384-d space), and
@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.config import IMAGE_VIEWS, TEXT_VIEWS, VIEW_TYPES, ModelConfig
-from model.fusion import Fusion
-from model.text import BertConfig, MiniLM, mean_pool
+from model.encoders.text import BertConfig, MiniLM, mean_pool
+from model.view_fusion import Fusion
 
 
 class ImageHead(nn.Module):

@@ -7,7 +7,7 @@
             print(hit.id, hit.score, hit.title, hit.price)
         by_photo = client.search_image("mug.jpg", k=5)  # POST /search/image (bytes or a path)
 
-Results are the service's own pydantic models (service/schemas.py), so a field the server adds is
+Results are the service's own pydantic models (service/api/schemas.py), so a field the server adds is
 typed here too. Every call carries an X-Request-ID (given, or a fresh one per call, the same over
 its retries) and returns it on the result (`request_id`: what POST /events wants). 429 and 503
 (overload, not ready, a reload) and transport errors are retried with exponential backoff
@@ -31,7 +31,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel
 
-from service.schemas import BatchItem, ImageSearchBody, ListingResponse, SearchBody, SearchResponse
+from service.api.schemas import BatchItem, ImageSearchBody, ListingResponse, SearchBody, SearchResponse
 
 RETRY_STATUSES = frozenset({429, 503})
 Model = TypeVar("Model", bound=BaseModel)

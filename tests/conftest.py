@@ -19,7 +19,7 @@ TINY_ITEMS = 120
 
 @pytest.fixture(scope="session")
 def tiny_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from model.synthetic import generate
+    from model.sample.catalog import generate
 
     out = tmp_path_factory.mktemp("sample")
     generate(out, n_items=TINY_ITEMS, seed=7)
@@ -27,7 +27,7 @@ def tiny_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def build_tiny(sample: Path, artifacts: Path, **overrides):
-    from service.pipeline import build_index, build_options
+    from service.build.pipeline import build_index, build_options
 
     kw = dict(
         catalog=sample / "catalog.jsonl", artifacts=artifacts, interactions=sample / "interactions.jsonl",

@@ -52,7 +52,7 @@ def _paths() -> dict[str, Path]:
 
 
 def _catalog(path: Path) -> tuple[list[str], list[str]]:
-    from model.catalog import load_catalog
+    from model.data.catalog import load_catalog
 
     listings = load_catalog(path).listings
     return [x.id for x in listings], [x.title for x in listings]
@@ -60,7 +60,7 @@ def _catalog(path: Path) -> tuple[list[str], list[str]]:
 
 def _judgments(path: Path, ids: list[str]) -> Any:
     from bench.realdata.split import MIN_RELEVANT
-    from model.interactions import load_judgments
+    from model.data.interactions import load_judgments
 
     return load_judgments(path, set(ids), min_relevant=MIN_RELEVANT)
 

@@ -9,9 +9,9 @@ fusion is chosen on VALIDATION queries of both, reported on their TEST queries.
 
 Reuses bench/realdata/homedepot.py's split and its trained version (var/realdata/homedepot/
 artifacts/versions/<version>, built by `homedepot.py --steps train`; no retraining here). The
-lexical index is index/lexical.py built over `service.pipeline.lexical_documents` of the catalog
+lexical index is index/lexical.py built over `service.build.pipeline.lexical_documents` of the catalog
 (exactly what `service build-index` would put in the version). Every system answers a request for
-K = 100 results the way the engine does (service/fusion.py `hybrid_one`, lists cut to
+K = 100 results the way the engine does (index/rank_fusion.py `hybrid_one`, lists cut to
 max(candidates, K)), so the headline metrics are nDCG@10, R@10, R@100 and MRR@10.
 
 Splits: homedepot as bench/realdata/split.py (test 20%; validation = 10% of the rest); the
@@ -65,7 +65,7 @@ def identifier_like(query: str) -> bool:
 
 
 def grid() -> list[Any]:
-    from service.fusion import FusionSpec
+    from index.rank_fusion import FusionSpec
 
     specs = []
     for cand in (100, 200):
@@ -112,8 +112,8 @@ def prepare(searcher: Any, lexical: Any, queries: list[str], qvecs: np.ndarray, 
 
 def rank(p: Prepared, ids: list[str], system: Any) -> list[list[str]]:
     """`system`: "dense", "lexical" or a FusionSpec, ranked as the engine and `service eval` rank
-    it: with the exact-identifier boost when the spec has it on (service/fusion.py `boost`)."""
-    from service.fusion import hybrid_one
+    it: with the exact-identifier boost when the spec has it on (index/rank_fusion.py `boost`)."""
+    from index.rank_fusion import hybrid_one
 
     out = []
     for j in range(len(p.lex_rows)):
@@ -157,11 +157,11 @@ def open_catalog(label: str, folder: Path, listings: list[Any], judgments: dict[
     documents when the version predates it), and each judged split prepared to `depth`."""
     from index.build import load_index
     from index.lexical import META, LexicalIndex
-    from index.metadata import ListingStore
     from index.search import FaissCpuSearcher
-    from model.interactions import load_judgments
-    from model.query_encoder import QueryEncoder
-    from service.pipeline import lexical_documents
+    from index.store.listings import ListingStore
+    from model.data.interactions import load_judgments
+    from model.runtime.query_encoder import QueryEncoder
+    from service.build.pipeline import lexical_documents
 
     manifest = json.loads((folder / "manifest.json").read_text())
     ids = ListingStore(folder / "listings.sqlite").ids()
@@ -213,10 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     from bench.realdata.modeleval import version_dir
     from bench.realdata.scoring import paired_difference, score_rankings
     from bench.realdata.split import MIN_RELEVANT
-    from index.artifacts import ArtifactStore
-    from model.catalog import load_catalog
-    from service.evaluation import evaluate_rankings
-    from service.fusion import FusionSpec
+    from index.rank_fusion import FusionSpec
+    from index.store.artifacts import ArtifactStore
+    from model.data.catalog import load_catalog
+    from service.build.evaluation import evaluate_rankings
 
     p = _paths()
     specs = grid()

@@ -1,7 +1,7 @@
 """The ikea tasks, for a trained version and for the untrained baselines, on the same queries.
 
 Tasks (all over the full catalog of 2,187 listings):
-- cross-view, leave-one-view-out (model/crossview.py): each view of a listing is a query; the
+- cross-view, leave-one-view-out (model/eval/crossview.py): each view of a listing is a query; the
   targets are every listing fused WITHOUT that view type; R@1 / R@10 of the listing itself. Here on
   ALL listings having the view (the build report samples 2,000). Baselines on the text views:
   title -> listing through its other text views (description + tags text), description -> listing
@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 from bench.realdata.scoring import rank_recalls, score_sets, self_ranks
-from model.catalog import Listing, load_catalog
 from model.config import VIEW_TYPES, ImageConfig, TextConfig
-from model.views import ViewTable, build_view_table, tags_text
+from model.data.catalog import Listing, load_catalog
+from model.data.views import ViewTable, build_view_table, tags_text
 
 ROOM_KS = (10, 50)
 CATEGORY_KS = (10, 100)
@@ -67,7 +67,7 @@ class IkeaData:
 
 
 def load_ikea(folder: Path, image_cache: Path) -> IkeaData:
-    from model.image import ImageFeaturizer
+    from model.encoders.image import ImageFeaturizer
 
     listings = load_catalog(folder / "catalog.jsonl").listings
     views = build_view_table(listings)
@@ -167,7 +167,7 @@ def room_baseline(data: IkeaData) -> dict[str, Any]:
 @torch.inference_mode()
 def crossview_ranks(mv: Any) -> dict[str, np.ndarray]:
     """Per view type: the rank of each listing's own entry when its first instance of that view is
-    the query and every listing is fused without that view type (model/crossview.py's protocol,
+    the query and every listing is fused without that view type (model/eval/crossview.py's protocol,
     kept per query here for the confidence intervals)."""
     st = torch.tensor(mv.slot_types)
     pres = torch.from_numpy(mv.present)  # (n, S)
@@ -184,12 +184,12 @@ def crossview_ranks(mv: Any) -> dict[str, np.ndarray]:
 
 def model_tasks(folder: Path, data: IkeaData) -> dict[str, Any]:
     from bench.realdata.modeleval import model_views
-    from model.crossview import leave_one_view_out
-    from model.query_encoder import QueryEncoder
+    from model.eval.crossview import leave_one_view_out
+    from model.runtime.query_encoder import QueryEncoder
 
     mv = model_views(folder, data.views, data.features, data.ok)
     out: dict[str, Any] = {"cross_view": {name: rank_recalls(r) for name, r in crossview_ranks(mv).items()}}
-    # The same numbers as the build report's function (model/crossview.py) on all queries: a check.
+    # The same numbers as the build report's function (model/eval/crossview.py) on all queries: a check.
     check = leave_one_view_out(mv.model, mv.z, mv.present, mv.slot_types, max_queries=10**9)
     for name, res in check.items():
         for key in ("recall@1", "recall@10"):

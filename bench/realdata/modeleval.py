@@ -18,20 +18,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from index.artifacts import ArtifactStore
 from index.build import load_index
-from index.metadata import ListingStore
 from index.search import FaissCpuSearcher
-from model.catalog import Listing
+from index.store.artifacts import ArtifactStore
+from index.store.listings import ListingStore
 from model.checkpoint import load_model
 from model.config import IMAGE, IMAGE_OTHER, IMAGE_VIEWS, VIEW_TYPES
-from model.crossview import slot_embeddings
-from model.data import build_slots
-from model.query_encoder import QueryEncoder
-from model.text import Tokenizer
+from model.data.catalog import Listing
+from model.data.views import ViewTable
+from model.encoders.text import Tokenizer
+from model.eval.crossview import slot_embeddings
+from model.runtime.query_encoder import QueryEncoder
 from model.towers import TwoTower
-from model.views import ViewTable
-from service.evaluation import ranked_ids
+from model.train.pairs import build_slots
+from service.build.evaluation import ranked_ids
 
 
 def version_dir(artifacts: Path, version: str) -> Path:

@@ -59,8 +59,8 @@ def build_run(spec: RunSpec, *, catalog: Path, artifacts: Path, interactions: Pa
     """Build (unpublished, exact Flat index) version `spec.name` unless it exists; -> a summary.
     `validation`: judgments scored after every epoch (early stopping when the spec sets patience),
     relevant at `min_relevant`."""
-    from index.artifacts import ArtifactStore
-    from service.pipeline import build_index, build_options
+    from index.store.artifacts import ArtifactStore
+    from service.build.pipeline import build_index, build_options
 
     store = ArtifactStore(artifacts)
     argv = ["service", "build-index", "--catalog", catalog, "--artifacts", artifacts, "--objective", spec.objective,

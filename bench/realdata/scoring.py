@@ -1,9 +1,9 @@
 """Scores for the real-data tables: the service's metrics plus bootstrap 95% CIs over queries.
 
-`score_rankings` wraps service.evaluation.evaluate_rankings (the code `service eval` runs) and adds
-percentile-bootstrap intervals of each per-query metric (model.metrics.bootstrap_ci), keeping the
+`score_rankings` wraps service.build.evaluation.evaluate_rankings (the code `service eval` runs) and adds
+percentile-bootstrap intervals of each per-query metric (model.eval.metrics.bootstrap_ci), keeping the
 per-query values so `paired_difference` can compare two systems query by query. `self_ranks`
-is the leave-one-view-out convention of model/crossview.py for a score matrix: the rank of a
+is the leave-one-view-out convention of model/eval/crossview.py for a score matrix: the rank of a
 query's own listing = the number of listings scoring STRICTLY higher (ties favour the listing).
 """
 
@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from model.interactions import Judgments
-from model.metrics import bootstrap_ci, per_query_mrr, per_query_ndcg, per_query_recall, ranking_metrics
-from service.evaluation import RECALL_KS, evaluate_rankings
+from model.data.interactions import Judgments
+from model.eval.metrics import bootstrap_ci, per_query_mrr, per_query_ndcg, per_query_recall, ranking_metrics
+from service.build.evaluation import RECALL_KS, evaluate_rankings
 
 N_BOOT = 1000
 

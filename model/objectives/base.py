@@ -30,7 +30,7 @@ class ViewBatch:
     same: Tensor  # (B, B) bool: off-diagonal pairs that are the same listing (not negatives)
     pair_weight: Tensor  # (B,) weight of each pair (interaction weight), mean 1
     logit_scale: Tensor  # () learned 1 / temperature
-    # Mined hard negatives (model/negatives.py): (M, d) unit vectors of listings that join the
+    # Mined hard negatives (model/train/negatives.py): (M, d) unit vectors of listings that join the
     # query -> listing softmax, and (B, M) True where negative m is a positive of row i after all.
     negatives: Tensor | None = None
     negative_mask: Tensor | None = None

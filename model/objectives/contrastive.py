@@ -5,7 +5,7 @@ pairs marked in `same` (the same listing twice in a batch, a query that clicked 
 also positives and are removed from the softmax (logit -inf) rather than pushed apart. Weights give
 a weighted mean over rows; a weight of 0 excludes a row whose positive is missing (its vector still
 serves as a negative for the other rows: give it a sensible value or mark it in `same`).
-Mined hard negatives (model/negatives.py) are extra columns of the a->b softmax only: listings
+Mined hard negatives (model/train/negatives.py) are extra columns of the a->b softmax only: listings
 that are nobody's positive in the batch, so they have no b->a row of their own.
 """
 

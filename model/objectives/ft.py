@@ -1,6 +1,6 @@
 """Factorized Transport alignment (`--objective ft`): this project's reading of WSDM'26 2512.18117.
 
-Each listing is a distribution over its view embeddings with marginal weights w_s (model/fusion.py).
+Each listing is a distribution over its view embeddings with marginal weights w_s (model/view_fusion.py).
 Per step a listing contributes its primary views (title, primary photo) plus ONE auxiliary view u
 sampled with probability p_u = w_u / A, A = total auxiliary weight (`select_views`). Then
 

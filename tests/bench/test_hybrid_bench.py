@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.realdata.hybrid import identifier_like, split_sample  # noqa: E402
 
@@ -34,7 +31,7 @@ def test_split_sample_halves_by_query(tmp_path: Path) -> None:
 
 def test_the_bench_applies_the_engines_identifier_boost_when_asked() -> None:
     """A dense side that prefers the wrong model number: boosted, the exact one ranks first, as the
-    engine ranks it (service/fusion.py); unboosted, the bench reports the plain fusion."""
+    engine ranks it (index/rank_fusion.py); unboosted, the bench reports the plain fusion."""
     import dataclasses
 
     import faiss
@@ -42,8 +39,8 @@ def test_the_bench_applies_the_engines_identifier_boost_when_asked() -> None:
 
     from bench.realdata.hybrid import prepare, rank
     from index.lexical import LexicalIndex
+    from index.rank_fusion import FusionSpec
     from index.search import FaissCpuSearcher
-    from service.fusion import FusionSpec
 
     docs = ["Behr TR-484 deck stain cedar", "Behr TR-174 deck stain", "deck over resurfacer", "cedar fence post"]
     vectors = np.eye(4, dtype=np.float32)

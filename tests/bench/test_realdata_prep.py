@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.realdata.lexical import Bm25, tokenize  # noqa: E402
 from bench.realdata.runs import parse_spec  # noqa: E402
@@ -139,10 +136,10 @@ def test_run_specs() -> None:
 
 def test_model_views_reproduce_the_indexed_vectors(tiny_sample: Path, tiny_build) -> None:
     from bench.realdata.modeleval import model_views, query_rankings
-    from model.catalog import load_catalog
     from model.config import IMAGE_OTHER, ImageConfig
-    from model.image import ImageFeaturizer
-    from model.views import build_view_table
+    from model.data.catalog import load_catalog
+    from model.data.views import build_view_table
+    from model.encoders.image import ImageFeaturizer
 
     listings = load_catalog(tiny_sample / "catalog.jsonl").listings
     views = build_view_table(listings)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from deploy_helpers import DOCKERFILES, ROOT, build_args, dockerfile_instructions, stages, tool
 
-from service.settings import Settings
+from service.serving.settings import Settings
 
 
 def lock() -> dict[str, str]:

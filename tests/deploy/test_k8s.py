@@ -16,7 +16,7 @@ import pytest
 import yaml
 from deploy_helpers import K8S, OVERLAYS, ROOT, dockerfile_instructions, one, pod_labels, pod_spec
 
-from service.settings import Settings
+from service.serving.settings import Settings
 
 # Kubernetes versions to validate against: the minimum this deployment targets (the native preStop
 # `sleep` action needs 1.30; backoffLimitPerIndex is GA in 1.33) and the newest schema bundled.
@@ -132,7 +132,7 @@ def app_routes() -> set[str]:
     """Routes of the real app; each also answers something other than 404 (no lifespan: not loaded)."""
     from fastapi.testclient import TestClient
 
-    from service.app import create_app
+    from service.api.app import create_app
 
     app = create_app(Settings(artifacts=Path("/nonexistent"), reload_poll_s=0))
     paths = route_paths(app.routes)
@@ -174,7 +174,7 @@ def test_ports_probes_and_settings_match_the_app(rendered, overlay: str, app_rou
         env[e["name"]] = e.get("value", "1")  # secret / resource-field values: a placeholder of the right type
     for key in env:
         assert key.startswith("SERVICE_"), key
-        assert key.removeprefix("SERVICE_").lower() in fields, f"{key} is not a field of service/settings.py"
+        assert key.removeprefix("SERVICE_").lower() in fields, f"{key} is not a field of service/serving/settings.py"
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     s = Settings()
@@ -195,13 +195,13 @@ def test_image_entrypoint_is_what_the_pods_rely_on() -> None:
 
 @pytest.mark.parametrize("overlay", ["cpu", "gpu"])
 def test_graceful_termination_outlasts_the_apps_drain(rendered, overlay: str) -> None:
-    from service.batcher import MicroBatcher
+    from service.serving.batcher import MicroBatcher
 
     spec = pod_spec(one(rendered[overlay], "Deployment", "mvretrieval"))
     (server,) = spec["containers"]
     pre_stop = server["lifecycle"]["preStop"]["sleep"]["seconds"]
     # uvicorn's graceful timeout, wherever the serve command sets it, and the batcher's drain.
-    uvicorn_s = max(int(n) for f in (ROOT / "service").glob("*.py")
+    uvicorn_s = max(int(n) for f in (ROOT / "service").rglob("*.py")
                     for n in re.findall(r"timeout_graceful_shutdown=(\d+)", f.read_text()))
     drain_s = inspect.signature(MicroBatcher.drain).parameters["timeout_s"].default
     assert pre_stop >= 5, "endpoints need a few seconds to drop a terminating pod everywhere"
@@ -245,7 +245,7 @@ def test_autoscaler_budget_and_service_select_the_serving_pods(rendered, overlay
 
 
 def test_autoscaler_metrics_are_exported_by_the_app_and_served_by_the_adapter(rendered) -> None:
-    from service.metrics import Metrics
+    from service.serving.metrics import Metrics
 
     exported = set(re.findall(r"^# TYPE (\S+) ", Metrics().render().decode(), re.M))
     exported |= {n + "_total" for n in exported}
@@ -332,7 +332,7 @@ def launched_args(command: list[str], args: list[str]) -> list[str]:
     assert command[0] == "torchrun"
     launch = get_args_parser().parse_args([*command[1:], *args])
     assert launch.module and launch.training_script == "service.cli", launch
-    assert 'if __name__ == "__main__"' in (ROOT / "service" / "cli.py").read_text()
+    assert "sys.exit(main())" in (ROOT / "service" / "cli" / "__main__.py").read_text()  # `-m service.cli` runs main
     script = list(launch.training_script_args)
     return script[1:] if script[:1] == ["--"] else script  # service.cli drops a leading `--`
 
@@ -359,7 +359,7 @@ def test_pipeline_commands_parse_with_the_real_cli(rendered, overlay: str) -> No
         if "command" in c:  # the GPU training launcher: torchrun ... -m service.cli -- train ...
             args = launched_args(c["command"], args)
         sub = args[0]
-        assert sub in commands, f"{w['metadata']['name']} runs `service {sub}`, which service/cli.py lacks"
+        assert sub in commands, f"{w['metadata']['name']} runs `service {sub}`, which service/cli/__init__.py lacks"
         ns = commands[sub].parse_args(args[1:])
         seen.add(sub)
         # Paths the command reads or writes are mounted.
@@ -384,7 +384,7 @@ def test_embedding_is_an_indexed_job_with_one_shard_per_index(rendered, overlay:
         shards.add(args[args.index("--shard") + 1])
     n = spec["completions"]
     assert shards == {f"{i}/{n}" for i in range(n)}, "SHARD_COUNT must equal spec.completions"
-    from service.stages import parse_shard
+    from service.build.stages import parse_shard
 
     assert sorted(parse_shard(s) for s in shards) == [(i, n) for i in range(n)]
 

@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 from hardening_helpers import LIMITS, TOKEN, copy_artifacts, wait_ready
 
-from service.app import create_app
-from service.settings import Settings
+from service.api.app import create_app
+from service.serving.settings import Settings
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tests.service.conftest import wait_ready  # noqa: F401 - re-exported for the hardening tests
+from helpers import wait_ready  # noqa: F401 - re-exported for the hardening tests
 
 TOKEN = "hardening-token"
 LIMITS = dict(max_k=50, max_offset=100, max_query_chars=64, max_body_bytes=4096, max_filter_values=8)

@@ -1,8 +1,8 @@
 """Faults injected while the service runs and while versions are written: the last good version
 keeps serving, `current` never moves to a bad one, and the failure is reported clearly.
 
-Complements tests/service/test_artifact_load.py (each corruption refused by `load_version`) and
-tests/index/test_artifacts.py (staging, publish, retention) with the running service following
+Complements tests/service/serving/test_artifact_load.py (each corruption refused by `load_version`) and
+tests/index/store/test_artifacts.py (staging, publish, retention) with the running service following
 `DIR/current`, a full disk during commit and publish, and a build process killed by SIGKILL."""
 
 from __future__ import annotations
@@ -21,15 +21,13 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from hardening_helpers import copy_artifacts, leaks, wait_ready
+from helpers import ROOT, clone_version
 
-from index import artifacts as artifacts_mod
-from index.artifacts import MANIFEST, ArtifactError, ArtifactStore, write_atomic
-from service.app import create_app
+from index.store import artifacts as artifacts_mod
+from index.store.artifacts import MANIFEST, ArtifactError, ArtifactStore, write_atomic
+from service.api.app import create_app
 from service.cli import main as cli_main
-from service.settings import Settings
-from tests.service.conftest import clone_version
-
-ROOT = Path(__file__).resolve().parents[2]
+from service.serving.settings import Settings
 
 
 def truncate(name: str) -> Callable[[Path], None]:
@@ -208,7 +206,7 @@ def test_full_disk_when_writing_a_version_file(artifacts_copy: Path, tiny_build,
 
 KILLED_BUILD = """
 import os, signal, sys
-from index.artifacts import ArtifactStore
+from index.store.artifacts import ArtifactStore
 store = ArtifactStore(sys.argv[1])
 with store.stage("killed") as staged:
     (staged.path / "index.faiss").write_bytes(b"half an index")

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from hardening_helpers import TOKEN, leaks, wait_ready
+from helpers import ROOT
 
-from service.app import create_app
-from service.settings import Settings
+from service.api.app import create_app
+from service.serving.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[2]
 MARKER = "pwned-by-pickle"
 
 
@@ -56,7 +56,7 @@ def test_admin_needs_the_exact_token(hard_client: TestClient, auth: str | None) 
 def test_admin_token_is_compared_in_constant_time(hard_client: TestClient, monkeypatch) -> None:
     import hmac
 
-    from service import routes
+    from service.api import routes
 
     calls: list[tuple[bytes, bytes]] = []
     real = hmac.compare_digest
@@ -103,8 +103,8 @@ def test_artifacts_hold_no_pickle(tiny_build) -> None:
 
 
 def test_a_pickle_in_place_of_the_weights_runs_nothing(tiny_build, tmp_path: Path) -> None:
-    from index.artifacts import ArtifactError
-    from service.engine import load_version
+    from index.store.artifacts import ArtifactError
+    from service.serving.engine import load_version
 
     art = _copy(tiny_build, tmp_path)
     folder = art / "versions" / tiny_build.version
@@ -118,7 +118,7 @@ def test_a_pickle_in_place_of_the_weights_runs_nothing(tiny_build, tmp_path: Pat
 def test_torch_load_of_backbone_weights_refuses_a_pickle(tmp_path: Path) -> None:
     import torch
 
-    from model.image import EfficientNetLite0
+    from model.encoders.image import EfficientNetLite0
 
     marker = tmp_path / "marker.txt"
     bad = tmp_path / "weights.pth"
@@ -200,7 +200,7 @@ def test_an_internal_error_shows_no_traceback_or_path(hard_client: TestClient, m
         raise RuntimeError(f"{engine.settings.artifacts}/versions/x/index.faiss exploded in engine.py line 7")
 
     monkeypatch.setattr(engine, "search_batch", boom)
-    with caplog.at_level(logging.ERROR, logger="service.app"):
+    with caplog.at_level(logging.ERROR, logger="service.api.app"):
         r = hard_client.post("/search", json={"query": "kaboom unique 1"}, headers={"x-request-id": "trace-500"})
     assert r.status_code == 500
     assert r.json() == {"error": "InternalError", "message": "internal error"}

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from index.denylist import DenyRows
 from index.search import TorchCudaSearcher, exact_scores
+from index.store.denylist import DenyRows
 from index.torch_search import TorchExact
 
 CUDA = torch.cuda.is_available()

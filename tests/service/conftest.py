@@ -1,36 +1,14 @@
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from helpers import wait_ready
 
-from index.artifacts import MANIFEST, ArtifactStore
-from service.app import create_app
-from service.settings import Settings
-
-
-def wait_ready(client: TestClient, timeout: float = 60.0) -> dict:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        r = client.get("/readyz")
-        if r.status_code == 200:
-            return r.json()
-        time.sleep(0.05)
-    raise AssertionError(f"not ready after {timeout}s: {client.get('/readyz').json()}")
-
-
-def clone_version(store: ArtifactStore, src: str, name: str) -> Path:
-    """Another committed version with the same files (as a rebuild of the same catalog would be)."""
-    folder = store.version_dir(src)
-    manifest = store.manifest(src)
-    with store.stage(name) as staged:
-        for p in folder.iterdir():
-            if p.name != MANIFEST:
-                (staged.path / p.name).write_bytes(p.read_bytes())
-        return store.commit(staged, {k: v for k, v in manifest.items() if k not in ("schema_version", "version", "files")})
+from service.api.app import create_app
+from service.serving.settings import Settings
 
 
 @pytest.fixture(scope="module")

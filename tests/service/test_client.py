@@ -8,9 +8,9 @@ import json
 import httpx
 import pytest
 
-from service.app import create_app
+from service.api.app import create_app
 from service.client import AsyncSearchClient, SearchClient, SearchError
-from service.settings import Settings
+from service.serving.settings import Settings
 
 OK_BODY = {"results": [{"id": "L1", "score": 0.5, "title": "a mug", "image": None}], "model_version": "m",
            "index_version": "v1", "took_ms": 1.0, "mode": "dense"}

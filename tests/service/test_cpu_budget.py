@@ -12,10 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 from service.cpu_budget import PASSIVE_ENV, THREAD_ENV, cgroup_cpu_quota, cpu_budget, thread_environment
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def fake_cgroup(tmp_path: Path, proc: str, files: dict[str, str]) -> tuple[Path, Path]:
@@ -99,7 +98,7 @@ def test_environment_sizes_the_pools_and_waits_passively_only_when_sharing(tmp_p
 
 PROBE = """
 import json, os, sys, threading
-import service.cli, service.cli_index, uvicorn
+import service.cli, service.cli.index_ops, uvicorn
 
 def report(*args, **kwargs):
     import faiss, torch
@@ -114,7 +113,7 @@ def report(*args, **kwargs):
     return 0
 
 service.cli.cmd_build_index = report  # the parser picks the command functions when main() builds it
-service.cli_index.cmd_train = report
+service.cli.index_ops.cmd_train = report
 uvicorn.run = report  # serve: everything up to the server's start
 sys.exit(service.cli.main(sys.argv[1:]))
 """

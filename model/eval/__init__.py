@@ -1,0 +1,1 @@
+"""Offline evaluation: ranking metrics, cross-view retrieval, diagnostics."""

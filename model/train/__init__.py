@@ -1,0 +1,1 @@
+"""Training: the loop, the frozen-trunk cache, pairs, hard negatives, validation, distributed."""

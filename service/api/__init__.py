@@ -1,0 +1,1 @@
+"""The HTTP transport: app wiring, routes per resource, request and response bodies, middleware."""

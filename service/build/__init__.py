@@ -1,0 +1,1 @@
+"""The offline build: pipeline, stages, incremental update, evaluation, publish gate, experiments."""

@@ -1,0 +1,1 @@
+"""Answering searches without FastAPI: the engine, version loading, batcher, cache, logs, metrics, workers."""
