@@ -359,7 +359,7 @@ def test_pipeline_commands_parse_with_the_real_cli(rendered, overlay: str) -> No
         if "command" in c:  # the GPU training launcher: torchrun ... -m service.cli -- train ...
             args = launched_args(c["command"], args)
         sub = args[0]
-        assert sub in commands, f"{w['metadata']['name']} runs `service {sub}`, which service/cli/__init__.py lacks"
+        assert sub in commands, f"{w['metadata']['name']} runs `service {sub}`, which the service command lacks"
         ns = commands[sub].parse_args(args[1:])
         seen.add(sub)
         # Paths the command reads or writes are mounted.

@@ -98,7 +98,7 @@ def test_environment_sizes_the_pools_and_waits_passively_only_when_sharing(tmp_p
 
 PROBE = """
 import json, os, sys, threading
-import service.cli, service.cli.index_ops, uvicorn
+import service.cli, service.cli.build, service.cli.stages, uvicorn
 
 def report(*args, **kwargs):
     import faiss, torch
@@ -112,8 +112,8 @@ def report(*args, **kwargs):
     print("PROBE " + json.dumps(out))
     return 0
 
-service.cli.cmd_build_index = report  # the parser picks the command functions when main() builds it
-service.cli.index_ops.cmd_train = report
+service.cli.build.cmd_build_index = report  # the parser picks the command functions when main() builds it
+service.cli.stages.cmd_train = report
 uvicorn.run = report  # serve: everything up to the server's start
 sys.exit(service.cli.main(sys.argv[1:]))
 """

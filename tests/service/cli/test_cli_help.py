@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.cli import EXAMPLES, main, parser
+from service.cli import main, parser
+from service.cli.options import EXAMPLES
 
 
 def help_of(command: str, capsys) -> str:
