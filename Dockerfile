@@ -38,6 +38,8 @@ RUN useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent --
 COPY --from=build /opt/venv /opt/venv
 # HOME and the caches point at /tmp: the root filesystem is read-only in Kubernetes (an emptyDir
 # is mounted at /tmp). SERVICE_HOST: listen on all interfaces inside the container.
+# SERVICE_SCHED_BATCH: the served image runs under SCHED_BATCH (off by default for library use;
+# docs/SERVING.md).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -47,7 +49,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     HF_HUB_OFFLINE=1 \
     SERVICE_ARTIFACTS=/artifacts \
     SERVICE_HOST=0.0.0.0 \
-    SERVICE_PORT=8000
+    SERVICE_PORT=8000 \
+    SERVICE_SCHED_BATCH=true
 WORKDIR /tmp
 USER 10001:10001
 EXPOSE 8000

@@ -1,6 +1,6 @@
 """Objective variants on a VALIDATION split of the sample catalog's interactions (docs/RESULTS.md).
 
-    .venv/bin/python bench/ablate_cv.py [ft-base pmrl-base ft-cv025 ft-cv01 ft-ot0] \
+    .venv/bin/python -m bench.ablate_cv [ft-base pmrl-base ft-cv025 ft-cv01 ft-ot0] \
         [--sample var/sample] [--out var/ablate] [--image-cache var/artifacts/cache/images]
 
 10% of the interaction query strings (sha1 of "val:" + the normalised query < 0.1) are held out of
@@ -15,12 +15,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from service.build.pipeline import build_index, build_options  # noqa: E402
+from service.build.pipeline import build_index, build_options
 
 VARIANTS: dict[str, tuple[str, dict[str, float]]] = {
     "ft-base": ("ft", {}),

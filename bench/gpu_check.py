@@ -1,7 +1,7 @@
 """One prepared GPU check (issue 15, item 8): everything the GPU path promises, in one run.
 
-    python3 bench/gpu_check.py [--out DIR] [--items 1000000] [--dim 256]    # on the GPU machine
-    .venv/bin/python bench/gpu_check.py --device cpu --smoke --out /tmp/g   # here: the CPU parts, small
+    python3 -m bench.gpu_check [--out DIR] [--items 1000000] [--dim 256]    # on the GPU machine
+    .venv/bin/python -m bench.gpu_check --device cpu --smoke --out /tmp/g   # here: the CPU parts, small
 
 Runs from a fresh copy of the tree on a machine with torch (+ CUDA), onnxruntime, tokenizers and
 safetensors; faiss and the web stack may be missing (docs/PERFORMANCE.md says which wheels to
@@ -38,14 +38,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from index.torch_search import TorchExact  # no faiss import
+from model.config import ModelConfig, TowerConfig
+from model.encoders.text import BertConfig
+from model.sample.catalog import CATEGORIES, COLORS
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from index.torch_search import TorchExact  # noqa: E402  (no faiss import)
-from model.config import ModelConfig, TowerConfig  # noqa: E402
-from model.encoders.text import BertConfig  # noqa: E402
-from model.sample.catalog import CATEGORIES, COLORS  # noqa: E402
-
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
@@ -296,7 +294,7 @@ def load_section(folder: Path, vectors: np.ndarray, weights: Path, tokenizer: Pa
         out.update(status="loaded", items=lv.n_items, ann_recall=lv.ann_recall)
         return out
     env = {"SERVICE_INDEX_DEVICE": "auto", "SERVICE_MAX_BATCH": "64"}
-    cmd = [sys.executable, "bench/load.py", "--artifacts", str(artifacts), "--sample", str(folder / "sample"),
+    cmd = [sys.executable, "-m", "bench.load", "--artifacts", str(artifacts), "--sample", str(folder / "sample"),
            "--concurrency", "1,64", "--requests", "2000"] + [x for k, v in env.items() for x in ("--env", f"{k}={v}")]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     levels = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]

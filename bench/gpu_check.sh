@@ -9,4 +9,4 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONUNBUFFERED=1
-exec timeout 470 python3 bench/gpu_check.py --out "${OUT:-var/gpu_check}" "$@"
+exec timeout 470 python3 -m bench.gpu_check --out "${OUT:-var/gpu_check}" "$@"

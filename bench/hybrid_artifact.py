@@ -1,14 +1,14 @@
 """Copy a benchmark artifact's version and add a lexical index, so the engine can be timed in every mode.
 
-    nice -n 19 .venv/bin/python bench/hybrid_artifact.py --src var/bench/a100k-ivf --out var/bench/a100k-hybrid
+    nice -n 19 .venv/bin/python -m bench.hybrid_artifact --src var/bench/a100k-ivf --out var/bench/a100k-hybrid
 
 bench/make_artifact.py writes versions without a lexical index (they serve dense). This writes a
 new artifact folder whose version is the source's files plus a lexical index over what the
 listing metadata holds (`service.build.pipeline.record_documents`: title, category, attributes), with
 fresh checksums, published as `current`. Then, e.g.:
 
-    SERVICE_SEARCH_MODE=dense  nice -n 19 .venv/bin/python bench/inprocess.py --artifacts var/bench/a100k-hybrid
-    SERVICE_SEARCH_MODE=hybrid nice -n 19 .venv/bin/python bench/inprocess.py --artifacts var/bench/a100k-hybrid
+    SERVICE_SEARCH_MODE=dense  nice -n 19 .venv/bin/python -m bench.inprocess --artifacts var/bench/a100k-hybrid
+    SERVICE_SEARCH_MODE=hybrid nice -n 19 .venv/bin/python -m bench.inprocess --artifacts var/bench/a100k-hybrid
 """
 
 from __future__ import annotations
@@ -19,12 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from index.lexical import LexicalIndex  # noqa: E402
-from index.store.artifacts import MANIFEST, ArtifactStore  # noqa: E402
-from index.store.listings import ListingStore  # noqa: E402
-from service.build.pipeline import record_documents  # noqa: E402
+from index.lexical import LexicalIndex
+from index.store.artifacts import MANIFEST, ArtifactStore
+from index.store.listings import ListingStore
+from service.build.pipeline import record_documents
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """Image backbone speed and sanity: network images/s per backend, end-to-end featurize, ImageNet check.
 
-    .venv/bin/python bench/image_featurize.py [--size 224] [--batch-size 32] [--rounds 5]
+    .venv/bin/python -m bench.image_featurize [--size 224] [--batch-size 32] [--rounds 5]
 
 1. Network only, random inputs: torch unfused, torch BN-folded (NCHW and channels_last), and the
    exported folded network on onnxruntime CPU (intra-op threads = torch.get_num_threads()).

@@ -1,6 +1,6 @@
 """Bytes per listing of each index family, for the sizing plan in docs/DEPLOY.md.
 
-    nice -n 10 .venv/bin/python bench/index_bytes.py [--n 100000] [--dim 256] [--json out.json]
+    nice -n 10 .venv/bin/python -m bench.index_bytes [--n 100000] [--dim 256] [--json out.json]
 
 Builds one index of each family over the same clustered unit vectors (a mixture of Gaussians on the
 sphere, like fused listing embeddings: tight near-duplicate groups inside broader categories) and

@@ -1,7 +1,7 @@
 """Index families at 100k and 1M vectors (d=256): build time, bytes per item, search latency,
 ANN recall and filter overhead, on vectors drawn from a mixture FITTED to real embeddings.
 
-    nice -n 10 .venv/bin/python bench/index_families.py [--sizes 100000,1000000] \
+    nice -n 10 .venv/bin/python -m bench.index_families [--sizes 100000,1000000] \
         [--source var/artifacts] [--sample var/sample] [--json out.json] [--hnsw-budget-s 240]
 
 Data. Item vectors: a Gaussian mixture with diagonal covariances in the PCA basis of the fused
@@ -43,7 +43,6 @@ import json
 import math
 import os
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -51,18 +50,15 @@ from typing import Any
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy loads OpenBLAS (see the docstring)
 
-import numpy as np  # noqa: E402
+import faiss
+import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import faiss  # noqa: E402
-
-from bench.common import load_queries, machine  # noqa: E402
-from bench.make_artifact import fit_gmm  # noqa: E402
-from index.build import RERANK_FACTOR  # noqa: E402
-from index.search import EXACT_SUBSET_MAX, FaissCpuSearcher, _exact_subset  # noqa: E402
-from index.store.artifacts import ArtifactStore  # noqa: E402
-from index.tune import ann_recall, exact_topk, tune_search_params  # noqa: E402
+from bench.common import load_queries, machine
+from bench.make_artifact import fit_gmm
+from index.build import RERANK_FACTOR
+from index.search import EXACT_SUBSET_MAX, FaissCpuSearcher, exact_subset
+from index.store.artifacts import ArtifactStore
+from index.tune import ann_recall, exact_topk, tune_search_params
 
 SELECTIVITIES = (0.1, 0.01, 0.001)
 
@@ -226,7 +222,7 @@ def measure(name: str, index: faiss.Index, x: np.ndarray, tune_q: np.ndarray, te
     for sel, mask in masks.items():
         t = single(searcher, test_q, 10, n_single, mask)
         got = np.vstack([searcher.search(test_q[i:i + 1], 10, mask).rows for i in range(50)])
-        want = _exact_subset(x, np.flatnonzero(mask), test_q[:50], 10).rows
+        want = exact_subset(x, np.flatnonzero(mask), test_q[:50], 10).rows
         rec = np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got, want, strict=True)])
         path = "exact subset" if mask.sum() <= EXACT_SUBSET_MAX else "IDSelector"
         row[f"filter_{sel:g}"] = {"p50_ms": pct(t)[0], "overhead_x": round(pct(t)[0] / base, 2),

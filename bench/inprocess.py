@@ -1,6 +1,6 @@
 """The in-process bound: tokenize + encode + search + metadata, no HTTP, no queue.
 
-    nice -n 10 .venv/bin/python bench/inprocess.py --artifacts var/bench/a100k --sample var/sample \
+    nice -n 10 .venv/bin/python -m bench.inprocess --artifacts var/bench/a100k --sample var/sample \
         [--queries 1000] [--k 10] [--batch 1] [--backend auto] [--threads 2]
 
 Runs `Engine.search_batch` (what the micro-batcher's worker thread runs) over >= 1,000 distinct
@@ -15,17 +15,14 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import load_queries, machine, percentiles_ms  # noqa: E402
-from service.serving.engine import Engine, SearchRequest  # noqa: E402
-from service.serving.settings import Settings  # noqa: E402
+from bench.common import load_queries, machine, percentiles_ms
+from service.serving.engine import Engine, SearchRequest
+from service.serving.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,6 +1,6 @@
 """What the lexical stage and the fusion add to a search, at 100k listings on CPU.
 
-    nice -n 19 .venv/bin/python bench/lexical_latency.py [--items 100000] [--queries 1000]
+    nice -n 19 .venv/bin/python -m bench.lexical_latency [--items 100000] [--queries 1000]
 
 Documents: the homedepot titles (../shared/data/homedepot/catalog.jsonl, read, never copied),
 repeated with a per-copy model number appended ("... MX-4821B") until there are --items of them;
@@ -24,9 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import machine, percentiles_ms  # noqa: E402
+from bench.common import machine, percentiles_ms
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path("/work/shared/data/homedepot")

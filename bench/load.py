@@ -1,6 +1,6 @@
 """Load generator over loopback: latency percentiles and QPS of `GET /search` per concurrency.
 
-    nice -n 10 .venv/bin/python bench/load.py --artifacts var/bench/a100k --sample var/sample \
+    nice -n 10 .venv/bin/python -m bench.load --artifacts var/bench/a100k --sample var/sample \
         [--concurrency 1,16,64,256] [--requests 2000] [--workers 1] [--k 10] [--url URL] \
         [--env SERVICE_SEARCH_THREADS=1 ...] [--client raw|httpx] [--profile DIR]
 
@@ -34,9 +34,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import load_queries, machine, percentiles_ms  # noqa: E402
+from bench.common import load_queries, machine, percentiles_ms
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,6 +1,6 @@
 """Synthetic large artifacts for serving benchmarks: 100k or 1M listings, a real query encoder.
 
-    nice -n 10 .venv/bin/python bench/make_artifact.py --source var/artifacts --sample var/sample \
+    nice -n 10 .venv/bin/python -m bench.make_artifact --source var/artifacts --sample var/sample \
         --items 100000 --out var/bench/a100k [--components 64] [--index-key auto] [--seed 0]
 
 Item vectors are drawn from a Gaussian mixture (diagonal covariances, `--components` clusters)
@@ -20,18 +20,15 @@ import argparse
 import json
 import shutil
 import sqlite3
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import load_queries, machine  # noqa: E402
-from index.build import build_index, save_index  # noqa: E402
-from index.store.artifacts import ArtifactStore  # noqa: E402
-from index.store.listings import ListingRecord, write_listings  # noqa: E402
+from bench.common import load_queries, machine
+from index.build import build_index, save_index
+from index.store.artifacts import ArtifactStore
+from index.store.listings import ListingRecord, write_listings
 
 
 def _log_resp(x: np.ndarray, weights: np.ndarray, means: np.ndarray, var: np.ndarray) -> np.ndarray:

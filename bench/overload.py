@@ -1,6 +1,6 @@
 """Capacity, a fixed-rate soak and 2x overload of `GET /search` over loopback (docs/RELIABILITY.md).
 
-    .venv/bin/python bench/overload.py --artifacts var/artifacts --sample var/sample \
+    .venv/bin/python -m bench.overload --artifacts var/artifacts --sample var/sample \
         [--capacity-s 20] [--soak-s 180] [--soak-fraction 0.6] [--overload-s 60] [--overload-factor 2] \
         [--max-queue 64] [--timeout-ms 2000] [--max-conns 1024] [--capacity QPS]
 
@@ -33,15 +33,12 @@ import argparse
 import asyncio
 import json
 import os
-import sys
 import time
 import urllib.parse
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import load_queries, machine, percentiles_ms  # noqa: E402
-from bench.load import RawClient, free_port, scrape, stage_means, start_server, stop_server, wait_ready  # noqa: E402
+from bench.common import load_queries, machine, percentiles_ms
+from bench.load import RawClient, free_port, scrape, stage_means, start_server, stop_server, wait_ready
 
 
 def rss_bytes(pid: int) -> int:

@@ -1,6 +1,6 @@
 """Search by photo through HTTP: POST /search/image on the sample catalog and on IKEA room photos.
 
-    nice -n 10 .venv/bin/python bench/photo_search.py --artifacts var/photo/artifacts --sample var/sample \
+    nice -n 10 .venv/bin/python -m bench.photo_search --artifacts var/photo/artifacts --sample var/sample \
         [--parts sample,latency,ikea] [--heads primary,other] [--limit N] [--out var/photo]
 
 Starts `service serve` on a free loopback port for each served artifact (result cache off), talks
@@ -38,11 +38,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import load_queries, machine, percentiles_ms  # noqa: E402
-from bench.load import free_port, scrape, stage_means, start_server, stop_server, wait_ready  # noqa: E402
-from bench.realdata.common import DATA, OUT, require  # noqa: E402
+from bench.common import load_queries, machine, percentiles_ms
+from bench.load import free_port, scrape, stage_means, start_server, stop_server, wait_ready
+from bench.realdata.common import DATA, OUT, require
 
 HEADS = ("primary", "other")
 
@@ -217,7 +215,7 @@ def efficientnet_baseline(src: Path, image_cache: Path, rooms: list[dict[str, An
     """Frozen EfficientNet-Lite0 features, room photo vs each listing's catalogue photo (cosine)."""
     import numpy as np
 
-    from bench.realdata.ikea_tasks import _rank_sets, _unit, load_ikea
+    from bench.realdata.ikea_tasks import load_ikea, rank_sets, unit_rows
 
     data = load_ikea(src, image_cache)
     keep = [j for j, r in enumerate(data.rooms) if Path(r["image"]).relative_to(src.resolve()).as_posix()
@@ -226,9 +224,9 @@ def efficientnet_baseline(src: Path, image_cache: Path, rooms: list[dict[str, An
     has = (prim >= 0) & data.ok[np.maximum(prim, 0)]
     target = np.zeros((len(prim), data.features.shape[1]), np.float32)
     target[has] = data.features[prim[has]]
-    scores = _unit(data.room_features[keep]) @ _unit(target).T  # (R, n)
+    scores = unit_rows(data.room_features[keep]) @ unit_rows(target).T  # (R, n)
     scores[:, ~has] = -np.inf
-    m = _rank_sets(scores, [data.rooms[j]["item_rows"] for j in keep], data.ids, (10, 50))
+    m = rank_sets(scores, [data.rooms[j]["item_rows"] for j in keep], data.ids, (10, 50))
     return {k: m[k] for k in ("recall@10", "recall@50", "ndcg@10")} | {"ci": m.get("ci"), "rooms": len(keep)}
 
 

@@ -1,6 +1,6 @@
 """Summarise a py-spy collapsed-stack profile of the server by stage (bench/load.py --profile).
 
-    .venv/bin/python bench/profile_summary.py var/bench/results/prof/profile-c1.txt [--top 15]
+    .venv/bin/python -m bench.profile_summary var/bench/results/prof/profile-c1.txt [--top 15]
 
 Each sample is attributed to the category of its innermost frame that matches one (markers below),
 and to its thread (the event loop's main thread, the batch worker, others), so the table says

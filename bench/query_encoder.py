@@ -1,6 +1,6 @@
 """Query encoder backends: latency at batch 1 and parity with the fp32 torch reference.
 
-    .venv/bin/python bench/query_encoder.py --artifacts var/artifacts --sample var/sample \
+    .venv/bin/python -m bench.query_encoder --artifacts var/artifacts --sample var/sample \
         [--queries 1000] [--threads 2] [--backends torch,onnx,int8] [--repeat 300]
 
 For each backend (see model/runtime/query_encoder.py; `int8-dynamic` is the per-column int8 plan that was
@@ -15,19 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import load_queries, machine, percentiles_ms  # noqa: E402
-from index.build import load_index  # noqa: E402
-from index.store.artifacts import ArtifactStore  # noqa: E402
-from model.runtime.query_encoder import EncoderOptions, QueryEncoder  # noqa: E402
+from bench.common import load_queries, machine, percentiles_ms
+from index.build import load_index
+from index.store.artifacts import ArtifactStore
+from model.runtime.query_encoder import EncoderOptions, QueryEncoder
 
 QUERY_8 = "red leather crossbody bag strap"  # 8 tokens with [CLS] and [SEP]
 # Quantisation plans measured for comparison but not offered as backends (model/runtime/onnx_query.py).

@@ -1,6 +1,6 @@
 """Text encoder speed: single-query latency, batched throughput, TrunkCache build, cached top-layer step.
 
-    .venv/bin/python bench/text_encode.py [--n-texts 2048] [--threads N] [--no-st]
+    .venv/bin/python -m bench.text_encode [--n-texts 2048] [--threads N] [--no-st]
 
 Compares our pure-torch MiniLM with sentence-transformers (same weights) on the current device
 (CPU unless CUDA is present). Numbers go to stdout as one line per measurement.

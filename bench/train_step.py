@@ -1,6 +1,6 @@
 """What one training step costs on Home Depot, per training-speed setting (counted and timed here).
 
-    nice -n 5 .venv/bin/python bench/train_step.py [--pairs 4096] [--steps 12]
+    nice -n 5 .venv/bin/python -m bench.train_step [--pairs 4096] [--steps 12]
 
 Reads ../shared/data/homedepot and the split of bench/realdata/homedepot.py (run its `split`
 step first). A fixed seeded subset of the training pairs (the catalog's titles of those pairs
@@ -29,9 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import machine  # noqa: E402
+from bench.common import machine
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "homedepot"
 SPLIT = Path("var/realdata/homedepot/split/train_interactions.jsonl")

@@ -2,7 +2,7 @@
 one: cosine between the two gradients w.r.t. (x, y), for the debiased cost that training uses
 (model/objectives/transport.py) and for the undebiased cost it replaced.
 
-    .venv/bin/python bench/transport_grad.py
+    .venv/bin/python -m bench.transport_grad
 
 Seeded random unit clouds, float64, r = 16 hubs, eps 0.05, 50 iterations, no early stop."""
 

@@ -7,7 +7,7 @@ Two layouts of a listing with V views:
 Photos use random (cached-like) 1280-d features through the real image heads, texts go through the
 real MiniLM top layer. Reports, per listing: slots encoded, text tokens encoded, training time.
 
-  .venv/bin/python bench/view_cost.py [--layout photos|mixed] [--items 512] [--steps 12] [--batch 64]
+  .venv/bin/python -m bench.view_cost [--layout photos|mixed] [--items 512] [--steps 12] [--batch 64]
 """
 
 from __future__ import annotations

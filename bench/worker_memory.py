@@ -1,6 +1,6 @@
 """Memory of N uvicorn workers: RSS and PSS of every process of `service serve --workers N`.
 
-    .venv/bin/python bench/worker_memory.py --artifacts var/artifacts --workers 1,2 [--env NAME=VALUE]
+    .venv/bin/python -m bench.worker_memory --artifacts var/artifacts --workers 1,2 [--env NAME=VALUE]
 
 Starts the server, waits for /readyz and a few seconds more (the first ready answer comes from one
 worker; the others finish loading meanwhile), sends a few searches, then reads /proc/<pid>/smaps_rollup of the supervisor and each worker. PSS splits shared
@@ -14,15 +14,12 @@ import argparse
 import json
 import os
 import signal
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import machine  # noqa: E402
-from bench.load import free_port, start_server, wait_ready  # noqa: E402
+from bench.common import machine
+from bench.load import free_port, start_server, wait_ready
 
 
 def children(pid: int) -> list[int]:

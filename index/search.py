@@ -143,7 +143,7 @@ def _best(rows: np.ndarray, scores: np.ndarray, k: int) -> SearchResult:
     return _pad(SearchResult(np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)), k)
 
 
-def _exact_subset(vectors: np.ndarray, rows: np.ndarray, q: np.ndarray, k: int,
+def exact_subset(vectors: np.ndarray, rows: np.ndarray, q: np.ndarray, k: int,
                   chunk: int = EXACT_CHUNK_ROWS) -> SearchResult:
     """Exact top-k over the given rows only (vectors may be fp16 or a memory map), in row chunks
     so a large subset never materialises as one fp32 copy. BLAS picks the best k + TIE_SLACK rows,
@@ -301,7 +301,7 @@ class FaissCpuSearcher(Searcher):
             return np.arange(self.ntotal) if rows_ok is None else rows_ok
 
         if pool is None:
-            return _exact_subset(self.vectors, everything(), q, size)
+            return exact_subset(self.vectors, everything(), q, size)
         pool, scores = pool
         if allowed is not None:
             scores = np.where((pool >= 0) & allowed[np.maximum(pool, 0)], scores, -np.inf)
@@ -311,7 +311,7 @@ class FaissCpuSearcher(Searcher):
             n_ok = self.ntotal if rows_ok is None else len(rows_ok)
             short = np.flatnonzero((res.rows >= 0).sum(axis=1) < min(size, n_ok))
             if len(short):
-                again = _exact_subset(self.vectors, everything(), q[short], size)
+                again = exact_subset(self.vectors, everything(), q[short], size)
                 res.scores[short], res.rows[short] = again.scores, again.rows
         return res
 
@@ -321,7 +321,7 @@ class FaissCpuSearcher(Searcher):
         if allowed is not None:
             rows_ok = np.flatnonzero(allowed)
             if len(rows_ok) <= EXACT_SUBSET_MAX:  # exact, hence one ranking at any depth by itself
-                return _exact_subset(self.vectors, rows_ok, q, k)
+                return exact_subset(self.vectors, rows_ok, q, k)
         sizes = tier_sizes(k, first=self.first_tier, cap=self.depth_limit)
         pools = self._pools(q, sizes, allowed)
         lists = [self._tier(q, size, pool, allowed, rows_ok) for size, pool in zip(sizes, pools, strict=True)]

@@ -64,7 +64,7 @@ def pooled_texts(
     return out
 
 
-def _slot_embeddings(
+def embed_slots(
     model: TwoTower, slots: SlotTable, rows: np.ndarray, pooled: dict[int, torch.Tensor],
     feats: torch.Tensor, device: torch.device,
 ) -> torch.Tensor:
@@ -82,7 +82,7 @@ def _slot_embeddings(
     return z
 
 
-def _text_slot_rows(slots: SlotTable, rows: np.ndarray) -> np.ndarray:
+def text_slot_rows(slots: SlotTable, rows: np.ndarray) -> np.ndarray:
     return rows[:, [s for s, t in enumerate(slots.types) if t in TEXT_VIEWS]]
 
 
@@ -103,13 +103,13 @@ def embed_listings(
     model.eval().to(device)
     slot_types = torch.tensor(slots.types, device=device)
     pooled = pooled_texts(model, tokenizer, views.texts.texts, views.texts.kinds,
-                          _text_slot_rows(slots, slots.rows), device, trunk=trunk, progress=progress)
+                          text_slot_rows(slots, slots.rows), device, trunk=trunk, progress=progress)
     feats = torch.from_numpy(np.asarray(image_features, dtype=np.float32))
     out = np.zeros((len(views), model.cfg.tower.dim), dtype=np.float32)
     for start in range(0, len(views), batch_size):
         rows = slots.rows[start:start + batch_size]  # (b, S)
         present = torch.from_numpy(slots.present[start:start + batch_size]).to(device)  # (b, S)
-        z = _slot_embeddings(model, slots, rows, pooled, feats, device)  # (b, S, d)
+        z = embed_slots(model, slots, rows, pooled, feats, device)  # (b, S, d)
         out[start:start + len(rows)] = model.fuse(z, present, slot_types).float().cpu().numpy()
     return out
 
@@ -133,9 +133,9 @@ def view_clouds(
     pick = np.sort(rng.choice(len(views), min(sample, len(views)), replace=False))
     rows = slots.rows[pick]  # (m, S)
     pooled = pooled_texts(model, tokenizer, views.texts.texts, views.texts.kinds,
-                          _text_slot_rows(slots, rows), device, trunk=trunk)
+                          text_slot_rows(slots, rows), device, trunk=trunk)
     feats = torch.from_numpy(np.asarray(image_features, dtype=np.float32))
-    z = _slot_embeddings(model, slots, rows, pooled, feats, device).float().cpu().numpy()  # (m, S, d)
+    z = embed_slots(model, slots, rows, pooled, feats, device).float().cpu().numpy()  # (m, S, d)
     out: dict[str, np.ndarray] = {}
     for t, name in enumerate(VIEW_TYPES):
         cols = [s for s, st in enumerate(slots.types) if st == t]

@@ -1,6 +1,6 @@
 """homedepot: real shopper queries over 54,667 listings (titles only).
 
-    nice -n 10 .venv/bin/python bench/realdata/homedepot.py \
+    nice -n 10 .venv/bin/python -m bench.realdata.homedepot \
         [--run clip:epochs=1 --run ft:epochs=1 ...] [--steps split,bm25,...,table] [--redo STEP]
 
 Reads ../shared/data/homedepot (catalog.jsonl, judgments.jsonl); writes var/realdata/homedepot/.
@@ -24,10 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from bench.common import machine  # noqa: E402
-from bench.realdata.common import (  # noqa: E402
+from bench.common import machine
+from bench.realdata.common import (
     DATA,
     OUT,
     Steps,
@@ -37,14 +35,14 @@ from bench.realdata.common import (  # noqa: E402
     show_command,
     with_ci,
 )
-from bench.realdata.runs import build_run, parse_spec  # noqa: E402
+from bench.realdata.runs import build_run, parse_spec
 
 K = 500
 HEADLINE = ("recall@10", "recall@100", "recall@500", "ndcg@10", "mrr@10")
 DEFAULT_RUNS = ("clip:epochs=1", "ft:epochs=1")
 
 
-def _paths() -> dict[str, Path]:
+def data_paths() -> dict[str, Path]:
     src = DATA / "homedepot"
     out = OUT / "homedepot"
     return {"catalog": require(src / "catalog.jsonl"), "judgments": require(src / "judgments.jsonl"), "out": out,
@@ -219,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     setup_logging()
     show_command([sys.executable, *sys.argv])
-    p = _paths()
+    p = data_paths()
     steps = Steps(p["out"], a.redo.split(","))
     want = set(a.steps.split(","))
     runs = a.runs or list(DEFAULT_RUNS)

@@ -4,7 +4,7 @@ fusion is chosen on VALIDATION queries of both, reported on their TEST queries.
     service sample-catalog --out var/sample
     service build-index --catalog var/sample/catalog.jsonl --interactions var/sample/interactions.jsonl \
         --judgments var/sample/judgments.jsonl --artifacts var/hybrid/artifacts
-    nice -n 19 .venv/bin/python bench/realdata/hybrid.py [--version ft_epochs1] \
+    nice -n 19 .venv/bin/python -m bench.realdata.hybrid [--version ft_epochs1] \
         [--sample var/sample --sample-artifacts var/hybrid/artifacts]
 
 Reuses bench/realdata/homedepot.py's split and its trained version (var/realdata/homedepot/
@@ -39,11 +39,9 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from bench.common import machine  # noqa: E402
-from bench.realdata.common import markdown_table, setup_logging, show_command, with_ci  # noqa: E402
-from bench.realdata.homedepot import _paths  # noqa: E402
+from bench.common import machine
+from bench.realdata.common import markdown_table, setup_logging, show_command, with_ci
+from bench.realdata.homedepot import data_paths
 
 K = 100
 HEADLINE = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
@@ -186,14 +184,14 @@ def split_sample(judgments: Path, out: Path) -> dict[str, Path]:
     """The sample's judged queries halved by bench/realdata/split.py's hash of the normalised query,
     hex digits [8:16] (v < 0.5: test, else validation; digits [0:8] already chose these queries as
     the sample's test queries), written as two judgments files `service eval` can read."""
-    from bench.realdata.split import _unit
+    from bench.realdata.split import hash_unit
 
     out.mkdir(parents=True, exist_ok=True)
     files = {"val": out / "val_judgments.jsonl", "test": out / "test_judgments.jsonl"}
     lines: dict[str, list[str]] = {"val": [], "test": []}
     for line in judgments.read_text().splitlines():
         if line.strip():
-            lines["test" if _unit(json.loads(line)["query"], 8) < 0.5 else "val"].append(line)
+            lines["test" if hash_unit(json.loads(line)["query"], 8) < 0.5 else "val"].append(line)
     for split, path in files.items():
         path.write_text("\n".join(lines[split]) + "\n")
     return files
@@ -218,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     from model.data.catalog import load_catalog
     from service.build.evaluation import evaluate_rankings
 
-    p = _paths()
+    p = data_paths()
     specs = grid()
     depth = max(s.depth(K, 0) for s in specs)
     hd = open_catalog("homedepot", version_dir(p["artifacts"], a.version), load_catalog(p["catalog"]).listings,

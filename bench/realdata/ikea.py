@@ -1,6 +1,6 @@
 """ikea: 2,187 multi-view listings (title, description, tags text, catalogue photo, room photos).
 
-    nice -n 10 .venv/bin/python bench/realdata/ikea.py \
+    nice -n 10 .venv/bin/python -m bench.realdata.ikea \
         [--run clip --run ft --run oat --run pmrl ...] [--steps train,eval,baselines,table] [--redo STEP]
 
 Reads ../shared/data/ikea (catalog.jsonl, rooms.jsonl, images/); writes var/realdata/ikea/. There
@@ -18,10 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from bench.common import machine  # noqa: E402
-from bench.realdata.common import (  # noqa: E402
+from bench.common import machine
+from bench.realdata.common import (
     DATA,
     OUT,
     Steps,
@@ -30,13 +28,13 @@ from bench.realdata.common import (  # noqa: E402
     setup_logging,
     with_ci,
 )
-from bench.realdata.runs import build_run, parse_spec  # noqa: E402
+from bench.realdata.runs import build_run, parse_spec
 
 DEFAULT_RUNS = ("clip", "ft", "oat", "pmrl")
 VIEWS = ("title", "description", "tags", "image", "image_other")
 
 
-def _paths() -> dict[str, Path]:
+def data_paths() -> dict[str, Path]:
     src = DATA / "ikea"
     out = OUT / "ikea"
     require(src / "rooms.jsonl")
@@ -146,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     setup_logging()
     print("$ " + " ".join([sys.executable, *sys.argv]), flush=True)
-    p = _paths()
+    p = data_paths()
     steps = Steps(p["out"], a.redo.split(","))
     want = set(a.steps.split(","))
     runs = a.runs or list(DEFAULT_RUNS)

@@ -96,7 +96,7 @@ def texts_of(data: IkeaData) -> dict[str, list[str]]:
             "tags": [tags_text(x) for x in data.listings]}
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
@@ -107,7 +107,7 @@ def text_crossview_baselines(data: IkeaData, minilm: Any) -> dict[str, Any]:
     t = texts_of(data)
     budget = {"title": TextConfig.max_title_tokens, "description": TextConfig.max_text_tokens,
               "tags": TextConfig.max_text_tokens}
-    vec = {k: _unit(minilm.encode(v, budget[k], f"ikea-{k}")) * np.array([[bool(s)] for s in v])
+    vec = {k: unit_rows(minilm.encode(v, budget[k], f"ikea-{k}")) * np.array([[bool(s)] for s in v])
            for k, v in t.items()}  # (n, 384), zero rows where the listing lacks the text
     out: dict[str, Any] = {"bm25": {}, "minilm": {}}
     for view, others in (("title", ("description", "tags")), ("description", ("title", "tags"))):
@@ -116,12 +116,12 @@ def text_crossview_baselines(data: IkeaData, minilm: Any) -> dict[str, Any]:
         bm25 = Bm25(docs)
         scores = np.stack([bm25.scores(t[view][i]) for i in q_rows])  # (q, n)
         out["bm25"][view] = rank_recalls(self_ranks(scores, q_rows))
-        target = _unit(sum(vec[o] for o in others))  # (n, 384)
+        target = unit_rows(sum(vec[o] for o in others))  # (n, 384)
         out["minilm"][view] = rank_recalls(self_ranks(vec[view][q_rows] @ target.T, q_rows))
     return out
 
 
-def _rank_sets(scores: np.ndarray, relevant_rows: list[list[int]], ids: list[str], ks: tuple[int, ...]) -> dict[str, Any]:
+def rank_sets(scores: np.ndarray, relevant_rows: list[list[int]], ids: list[str], ks: tuple[int, ...]) -> dict[str, Any]:
     """scores (q, n) -> set-retrieval metrics (+ CIs), ties broken by row."""
     k = max(ks)
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # (q, k)
@@ -139,12 +139,12 @@ def category_baselines(data: IkeaData, minilm: Any) -> dict[str, Any]:
     bm25 = Bm25(docs)
     names = list(cats)
     rel = [cats[c] for c in names]
-    out = {"bm25": _rank_sets(np.stack([bm25.scores(c) for c in names]), rel, data.ids, CATEGORY_KS)}
-    vec = {k: _unit(minilm.encode(v, TextConfig.max_title_tokens if k == "title" else TextConfig.max_text_tokens,
+    out = {"bm25": rank_sets(np.stack([bm25.scores(c) for c in names]), rel, data.ids, CATEGORY_KS)}
+    vec = {k: unit_rows(minilm.encode(v, TextConfig.max_title_tokens if k == "title" else TextConfig.max_text_tokens,
                                   f"ikea-{k}")) * np.array([[bool(s)] for s in v]) for k, v in t.items()}
-    target = _unit(vec["title"] + vec["description"] + vec["tags"])  # (n, 384)
-    q = _unit(minilm.encode(names, TextConfig.max_query_tokens, "ikea-categories"))  # (c, 384)
-    out["minilm"] = _rank_sets(q @ target.T, rel, data.ids, CATEGORY_KS)
+    target = unit_rows(vec["title"] + vec["description"] + vec["tags"])  # (n, 384)
+    q = unit_rows(minilm.encode(names, TextConfig.max_query_tokens, "ikea-categories"))  # (c, 384)
+    out["minilm"] = rank_sets(q @ target.T, rel, data.ids, CATEGORY_KS)
     out["n_categories"] = len(names)
     out["n_listings"] = sum(len(r) for r in rel)
     return out
@@ -156,9 +156,9 @@ def room_baseline(data: IkeaData) -> dict[str, Any]:
     has = (prim >= 0) & data.ok[np.maximum(prim, 0)]
     target = np.zeros((len(prim), data.features.shape[1]), np.float32)
     target[has] = data.features[prim[has]]
-    scores = _unit(data.room_features) @ _unit(target).T  # (R, n)
+    scores = unit_rows(data.room_features) @ unit_rows(target).T  # (R, n)
     scores[:, ~has] = -np.inf
-    return _rank_sets(scores, [r["item_rows"] for r in data.rooms], data.ids, ROOM_KS)
+    return rank_sets(scores, [r["item_rows"] for r in data.rooms], data.ids, ROOM_KS)
 
 
 # ---------------------------------------------------------------------------------- a trained version
@@ -199,16 +199,16 @@ def model_tasks(folder: Path, data: IkeaData) -> dict[str, Any]:
     rooms: dict[str, Any] = {}
     for head in ("image_other", "image"):
         q = mv.photo_queries(data.room_features, head)  # (R, d)
-        rooms[f"{head}/as_indexed"] = _rank_sets(q @ mv.fused.T, rel, data.ids, ROOM_KS)
+        rooms[f"{head}/as_indexed"] = rank_sets(q @ mv.fused.T, rel, data.ids, ROOM_KS)
         rows = [data.image_row(r["image"]) for r in data.rooms]
         held = np.stack([q[j] @ mv.without_image(rows[j]).T if rows[j] >= 0 else q[j] @ mv.fused.T
                          for j in range(len(rows))])  # (R, n)
-        rooms[f"{head}/photo_left_out"] = _rank_sets(held, rel, data.ids, ROOM_KS)
+        rooms[f"{head}/photo_left_out"] = rank_sets(held, rel, data.ids, ROOM_KS)
     out["rooms"] = rooms
     cats = data.categories()
     encoder = QueryEncoder(folder / "model.safetensors", folder / "tokenizer.json", "cpu")
     q = encoder.encode(list(cats))  # (c, d)
-    out["category"] = _rank_sets(q @ mv.fused.T, list(cats.values()), data.ids, CATEGORY_KS)
+    out["category"] = rank_sets(q @ mv.fused.T, list(cats.values()), data.ids, CATEGORY_KS)
     with torch.inference_mode():
         out["fusion_weights"] = dict(zip(("title", "image", "description", "tags", "image_other"),
                                          torch.softmax(mv.model.fusion.logits + mv.model.fusion.prior, 0).tolist(),

@@ -29,16 +29,16 @@ def normalise(query: str) -> str:
     return " ".join(query.lower().split())
 
 
-def _unit(query: str, start: int) -> float:
+def hash_unit(query: str, start: int) -> float:
     digest = hashlib.sha1(normalise(query).encode("utf-8")).hexdigest()
     return int(digest[start:start + 8], 16) / 2**32
 
 
 def side(query: str, test_fraction: float = TEST_FRACTION, val_fraction: float = VAL_FRACTION) -> str:
     """'test', 'val' or 'train' for a query (stable across runs, machines and file orders)."""
-    if _unit(query, 0) < test_fraction:
+    if hash_unit(query, 0) < test_fraction:
         return "test"
-    return "val" if _unit(query, 8) < val_fraction else "train"
+    return "val" if hash_unit(query, 8) < val_fraction else "train"
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import torch
 
 from model.config import VIEW_TYPES
 from model.data.views import ViewTable
-from model.embed import _slot_embeddings, _text_slot_rows, pooled_texts
+from model.embed import embed_slots, pooled_texts, text_slot_rows
 from model.encoders.text import TrunkCache
 from model.towers import TwoTower
 from model.train.pairs import SlotTable
@@ -30,10 +30,10 @@ def slot_embeddings(
     """(n, S, d) float32 unit view embeddings of every listing (zeros where missing), on CPU."""
     model.eval().to(device)
     pooled = pooled_texts(model, tokenizer, views.texts.texts, views.texts.kinds,
-                          _text_slot_rows(slots, slots.rows), device, trunk=trunk)
+                          text_slot_rows(slots, slots.rows), device, trunk=trunk)
     feats = torch.from_numpy(np.asarray(image_features, dtype=np.float32))
     chunks = [
-        _slot_embeddings(model, slots, slots.rows[s:s + batch_size], pooled, feats, device).float().cpu()
+        embed_slots(model, slots, slots.rows[s:s + batch_size], pooled, feats, device).float().cpu()
         for s in range(0, len(views), batch_size)
     ]
     return torch.cat(chunks) if chunks else torch.zeros(0, len(slots.types), model.cfg.tower.dim)

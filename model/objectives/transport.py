@@ -28,7 +28,7 @@ Gradients: the plans are unrolled through Sinkhorn by default (`detach_plans=Fal
 plans fixed is NOT the exact gradient here: the plans minimise the hub costs C_xz and C_yz, not the
 x-y cost, so no envelope theorem applies. Measured against the unrolled gradient (w.r.t. x and y;
 n = m = 128, d = 256, r = 16, eps 0.05, 50 iterations, float64, random / shifted / nearby clouds;
-`.venv/bin/python bench/transport_grad.py`, 2-core container, 2026-12-03),
+`.venv/bin/python -m bench.transport_grad`, 2-core container, 2026-12-03),
 the detached-plan gradient has cosine 0.69 / 0.73 / 0.53 for D (0.90 / 0.91 / 0.72 for T). The
 unrolled graph is n_iters (n + m) r values: small next to the towers. The prototypes do not learn
 from D (they enter it detached: minimising D over the hubs would blur them until every hub sees

@@ -1,10 +1,9 @@
 """The FastAPI app factory: `create_app(settings)`; the model and index load in `lifespan`.
 
-Startup loads the served version in a thread (so /healthz answers while a large index loads),
-warms it, and only then turns /readyz green. A poller follows `DIR/current` (and SIGHUP or
-POST /admin/reload force a check): the new version loads and warms beside the old one and is
-swapped in atomically; if it fails, the old one keeps serving and the failure is reported.
-Shutdown turns /readyz red, drains in-flight requests, then stops.
+The app wires the serving objects (engine, batchers, cache, logs, metrics, and the Lifecycle that
+loads, reloads and follows versions: service/serving/lifecycle.py) to the routes, middleware and
+exception handlers. Startup starts the batchers and the followers; shutdown turns /readyz red
+(`Lifecycle.stop`), drains in-flight requests, then stops.
 """
 
 from __future__ import annotations
@@ -15,9 +14,8 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service.api.batch import router as batch_router
 from service.api.disconnect import CancelOnDisconnect
 from service.api.docs_ui import add_offline_docs
+from service.api.errors import error_response, http_error_code, status_of, validation_message
 from service.api.events import router as events_router
 from service.api.images import ImageRefs
 from service.api.images import router as images_router
@@ -42,47 +41,14 @@ from service.api.state import ServiceState
 from service.api.ui import router as ui_router
 from service.serving.batcher import MicroBatcher
 from service.serving.cache import ResultCache
-from service.serving.engine import Engine, LoadedVersion, SearchRequest, artifacts_current
-from service.serving.errors import ServiceError, error_body, http_error_code, public_message, status_of
+from service.serving.engine import Answer, Engine, SearchRequest
+from service.serving.errors import ServiceError, public_message
+from service.serving.lifecycle import Lifecycle
 from service.serving.metrics import Metrics
 from service.serving.querylog import EventLog, QueryLog
 from service.serving.settings import Settings
 
 log = logging.getLogger("service.api.app")
-
-
-def reload_version(state: ServiceState, version: str | None = None) -> LoadedVersion:
-    """Load (beside the served one), warm and swap; the metric counts every outcome."""
-    try:
-        lv = state.engine.load(version)
-    except Exception:
-        state.metrics.reloads.labels("failed").inc()
-        raise
-    state.metrics.reloads.labels("ok").inc()
-    state.metrics.set_served(lv.model_version, lv.version, lv.encoder.describe, lv.searcher.placement, lv.n_items)
-    state.warmed = True
-    state.load_error = None
-    state.metrics.ready.set(1)
-    return lv
-
-
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    return Response(error_body(code, message), status_code=status, headers=headers, media_type="application/json")
-
-
-def validation_message(errors: Sequence[dict[str, Any]]) -> str:
-    """Pydantic's errors as `field: problem; ...`; a body that is not JSON says where it breaks."""
-    problems = []
-    for err in errors:
-        if err.get("type") == "json_invalid":
-            pos = next((p for p in err.get("loc", ()) if isinstance(p, int)), None)
-            why = (err.get("ctx") or {}).get("error", "")
-            where = f" at character {pos}" if pos is not None else ""
-            problems.append(f"body: not valid JSON{where}{': ' + str(why) if why else ''}; send a JSON object")
-            continue
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        problems.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
-    return "; ".join(problems[:10])
 
 
 def observe_batch(metrics: Metrics, size: int, waits: Sequence[float]) -> None:
@@ -98,13 +64,13 @@ def query_log_path(path: Path) -> Path:
     return Path(str(path).replace("{pid}", str(os.getpid())))
 
 
-def make_batch_runner(state: ServiceState) -> Any:
+def make_batch_runner(state: ServiceState) -> Callable[[Sequence[SearchRequest]], list[Answer]]:
     search_threads = state.settings.search_threads
     import faiss
 
     faiss.cvar.distance_compute_blas_threshold = state.settings.search_blas_threshold  # process-wide
 
-    def run(requests: Sequence[SearchRequest]) -> list[tuple[list, str, str, str | None]]:
+    def run(requests: Sequence[SearchRequest]) -> list[Answer]:
         if search_threads:  # per calling thread (and torch may reset it): set it in the worker, every batch
             faiss.omp_set_num_threads(search_threads)
         t0 = time.perf_counter()
@@ -112,52 +78,9 @@ def make_batch_runner(state: ServiceState) -> Any:
         for stage, seconds in result.stages.items():
             state.metrics.stage.labels(stage).observe(seconds)
         state.metrics.stage.labels("total").observe(time.perf_counter() - t0)
-        modes = result.modes or [None] * len(result.hits)  # the mode each request was answered in
-        return [(hits, result.model_version, result.index_version, mode)
-                for hits, mode in zip(result.hits, modes, strict=True)]
+        return result.answers()
 
     return run
-
-
-async def _follow_current(state: ServiceState, wake: asyncio.Event) -> None:
-    """Initial load (retried until it works), then follow DIR/current."""
-    settings = state.settings
-    while not state.shutting_down:
-        served = state.engine._current.version if state.engine.ready else None
-        try:
-            target = settings.version or await asyncio.to_thread(artifacts_current, settings)
-            if target is not None and target != served:
-                await asyncio.to_thread(reload_version, state, target)
-            elif target is None and not state.engine.ready:
-                state.load_error = f"no version published in {settings.artifacts}"
-            if target is None and served is not None:  # current deleted or emptied under a serving replica
-                if state.follow_error is None:
-                    log.error("%s/current names no version (missing or empty); still serving %s",
-                              settings.artifacts, served)
-                state.follow_error = f"{settings.artifacts}/current names no version (missing or empty)"
-            else:
-                state.follow_error = None
-        except Exception as e:  # noqa: BLE001 - keep serving the old version; report the failure
-            state.load_error = state.follow_error = f"{type(e).__name__}: {e}"
-            log.error("loading version failed: %s", state.load_error)
-        interval = settings.reload_poll_s if settings.reload_poll_s > 0 else (1.0 if not state.engine.ready else None)
-        with contextlib.suppress(TimeoutError):
-            if interval is None:
-                await wake.wait()
-            else:
-                await asyncio.wait_for(wake.wait(), interval)
-        wake.clear()
-
-
-async def _follow_denylist(state: ServiceState) -> None:
-    """Re-read DIR/denylist.txt every `denylist_poll_s` (a stat when unchanged), so a listing denied
-    on any replica or by `service deny` disappears from every replica within seconds."""
-    while not state.shutting_down and state.settings.denylist_poll_s > 0:
-        try:
-            await asyncio.to_thread(state.engine.refresh_denylist)
-        except Exception as e:  # noqa: BLE001 - keep the last good list; retry next round
-            log.error("reading the deny-list failed: %s: %s", type(e).__name__, e)
-        await asyncio.sleep(state.settings.denylist_poll_s)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -169,7 +92,7 @@ def create_app(settings: Settings) -> FastAPI:
         on_batch=lambda n, waits: observe_batch(metrics, n, waits),
         on_depth=metrics.queue_depth.set,
     )
-    state = ServiceState(settings, engine, metrics, batcher)
+    state = ServiceState(settings, engine, metrics, batcher, Lifecycle(settings, engine, metrics))
     state.cache = ResultCache(settings.cache_size, on_lookup=lambda hit: metrics.cache.labels("hit" if hit else "miss").inc(),
                               on_size=metrics.cache_entries.set)
     batcher.run_batch = make_batch_runner(state)
@@ -203,13 +126,12 @@ def create_app(settings: Settings) -> FastAPI:
         loop = asyncio.get_running_loop()
         with contextlib.suppress(ValueError, NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGHUP, wake.set)  # main thread only
-        follower = asyncio.create_task(_follow_current(state, wake), name="follow-current")
-        deny_follower = asyncio.create_task(_follow_denylist(state), name="follow-denylist")
+        follower = asyncio.create_task(state.life.follow_current(wake), name="follow-current")
+        deny_follower = asyncio.create_task(state.life.follow_denylist(), name="follow-denylist")
         try:
             yield
         finally:
-            state.shutting_down = True
-            metrics.ready.set(0)
+            state.life.stop()
             wake.set()
             await batcher.drain()
             if state.photos is not None:

@@ -23,22 +23,17 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from pydantic import ValidationError
 
+from service.api.errors import error_item, status_of, validation_message
 from service.api.routes import ERRORS, answer_body
 from service.api.schemas import ErrorResponse, SearchBatchBody, SearchBatchResponse, SearchBody
 from service.api.state import ServiceState, State
-from service.serving.errors import NotReady, PayloadTooLarge, ServiceError, public_message, status_of
+from service.serving.errors import NotReady, PayloadTooLarge, ServiceError, public_message
 
 router = APIRouter()
 
 
-def error_item(status: int, code: str, message: str) -> dict[str, Any]:
-    return {"status": status, "error": code, "message": message}
-
-
 async def answer_one(state: ServiceState, raw: Any) -> dict[str, Any]:
     """One search of the batch as a response item (never raises a ServiceError)."""
-    from service.api.app import validation_message  # late: app imports this module
-
     try:
         body = SearchBody.model_validate(raw)
         answer = await answer_body(state, body)
@@ -57,7 +52,7 @@ async def search_batch(body: SearchBatchBody, state: State) -> Response:
     if len(body.searches) > limit:
         raise PayloadTooLarge(f"searches: {len(body.searches)} in one body, the limit is {limit} "
                               "(max_batch_queries); send them in several requests")
-    if not state.warmed or state.shutting_down:
+    if not state.life.accepting:
         raise NotReady("the service is not ready")
     start = time.perf_counter()
     items = await asyncio.gather(*(answer_one(state, raw) for raw in body.searches))

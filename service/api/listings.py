@@ -31,7 +31,7 @@ LISTING_ERRORS = {code: {"model": ErrorResponse} for code in (404, 503)}
 
 def served(request: Request) -> ServiceState:
     state: ServiceState = request.app.state.svc
-    if not state.warmed or state.shutting_down or not state.engine.ready:
+    if not state.life.accepting:
         raise NotReady("the service is not ready")
     return state
 

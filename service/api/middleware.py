@@ -11,7 +11,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from service.serving.errors import PayloadTooLarge, error_body
+from service.api.errors import error_body
+from service.serving.errors import PayloadTooLarge
 from service.serving.logctx import request_id_var
 from service.serving.metrics import Metrics
 

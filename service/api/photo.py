@@ -286,7 +286,7 @@ async def search_image(request: Request) -> Response:
     state: ServiceState = request.app.state.svc
     if not state.settings.image_search:
         raise NotFound("photo search is off on this deployment (SERVICE_IMAGE_SEARCH=false)")
-    if not state.warmed or state.shutting_down or not state.engine.ready:
+    if not state.life.accepting:
         raise NotReady("the service is not ready")
     lv = state.engine.current
     if lv.photo is None:

@@ -18,7 +18,7 @@ from starlette.datastructures import QueryParams
 from index.filters import Filter, norm
 from index.rank_fusion import FusionSpec
 from index.store import denylist
-from index.store.artifacts import ArtifactStore, GateRefused
+from index.store.artifacts import GateRefused
 from service.api.details import ATTR_PREFIX, find_listing, like_mode, parse_fields, with_fields
 from service.api.explain import with_explain
 from service.api.schemas import (
@@ -35,7 +35,7 @@ from service.api.schemas import (
 )
 from service.api.state import ServiceState, State
 from service.serving.cache import search_cached
-from service.serving.engine import LoadedVersion, SearchRequest
+from service.serving.engine import SearchRequest
 from service.serving.errors import (
     AdminDisabled,
     InvalidRequest,
@@ -117,15 +117,14 @@ def to_request(state: ServiceState, query: str | None, k: int, offset: int, filt
 
 
 async def run_search(state: ServiceState, req: SearchRequest) -> SearchResponse:
-    if not state.warmed or state.shutting_down:
+    if not state.life.accepting:
         raise NotReady("the service is not ready")
     start = time.perf_counter()
     if req.vector is not None:  # a photo's vector (POST /search/image): never the same key twice, no cache
         answer, cached = await state.batcher.submit(req), False
     else:
         answer, cached = await search_cached(state.cache, state.engine, state.batcher.submit, req)
-    hits, model_version, index_version = answer[:3]
-    mode = answer[3] if len(answer) > 3 else None  # the mode that answered (dense on a fallback)
+    hits, model_version, index_version, mode = answer.hits, answer.model_version, answer.index_version, answer.mode
     took_ms = (time.perf_counter() - start) * 1000
     # an enqueue (written by the log's thread); like_id alone has no text; a photo search is not a text search
     if state.query_log is not None and req.query and req.vector is None:
@@ -254,9 +253,8 @@ async def healthz() -> dict[str, str]:
 async def readyz(state: State) -> JSONResponse:
     """Readiness: model and index loaded and warmed, not shutting down."""
     engine = state.engine
-    if not state.warmed or not engine.ready or state.shutting_down:
-        reason = "shutting down" if state.shutting_down else public_message(state.load_error or "loading",
-                                                                            state.settings.artifacts)
+    if not state.life.accepting:
+        reason = public_message(state.life.not_ready_reason(), state.settings.artifacts)
         return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
     lv = engine.current
     return JSONResponse({
@@ -279,7 +277,7 @@ async def readyz(state: State) -> JSONResponse:
         "last_reload_error": engine.last_reload_error and public_message(engine.last_reload_error,
                                                                           state.settings.artifacts),
         # following DIR/current: null, or why its last poll did not reach the version it names
-        "follow_error": state.follow_error and public_message(state.follow_error, state.settings.artifacts),
+        "follow_error": state.life.follow_error and public_message(state.life.follow_error, state.settings.artifacts),
     })
 
 
@@ -300,32 +298,14 @@ def check_admin(state: ServiceState, authorization: str | None) -> None:
         raise Unauthorized("a valid bearer token is required")
 
 
-def gated_reload(state: ServiceState, version: str | None, force: bool) -> LoadedVersion:
-    """Load `version` (default: the pinned one, else DIR/current) through the publish gate: a named
-    version whose gate failed is refused unless `force`, which is logged and recorded in its
-    manifest; without a name, the engine admits only what passed or was forced before."""
-    from service.api.app import reload_version  # late: app imports routes
-
-    if version is not None or force:
-        store = ArtifactStore(state.settings.artifacts)
-        target = version or state.settings.version or store.current_version()
-        try:
-            if target is not None:
-                store.admit(target, force=force, by="POST /admin/reload", verify=False)  # the load verifies
-        except Exception as e:  # counted and shown as any failed reload is (engine.load)
-            state.engine.last_reload_error = f"{type(e).__name__}: {e}"
-            state.metrics.reloads.labels("failed").inc()
-            raise
-    return reload_version(state, version)
-
-
 @router.post("/admin/reload", include_in_schema=True, responses={401: {"model": ErrorResponse},
                                                                   409: {"model": ErrorResponse}})
 async def admin_reload(state: State, body: ReloadBody | None = None,
                        authorization: Annotated[str | None, Header()] = None) -> dict[str, str]:
     check_admin(state, authorization)
     try:
-        lv = await asyncio.to_thread(gated_reload, state, body.version if body else None, bool(body and body.force))
+        lv = await asyncio.to_thread(state.life.gated_reload, body.version if body else None,
+                                     bool(body and body.force), "POST /admin/reload")
     except GateRefused as e:
         raise ReloadFailed(f"reload refused, still serving the previous version: {e} "
                            '(send "force": true to load it anyway; recorded in its manifest)') from None

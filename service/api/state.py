@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from service.serving.batcher import MicroBatcher
 from service.serving.cache import ResultCache
 from service.serving.engine import Engine
+from service.serving.lifecycle import Lifecycle
 from service.serving.metrics import Metrics
 from service.serving.querylog import EventLog, QueryLog
 from service.serving.settings import Settings
@@ -21,11 +22,7 @@ class ServiceState:
     engine: Engine
     metrics: Metrics
     batcher: MicroBatcher
-    warmed: bool = False
-    shutting_down: bool = False
-    load_error: str | None = None
-    follow_error: str | None = None  # the last poll of DIR/current failed (shown by /readyz while serving)
-    background: list = field(default_factory=list)
+    life: Lifecycle  # which version is served, readiness, reloads (service/serving/lifecycle.py)
     cache: ResultCache = field(default_factory=lambda: ResultCache(0))  # off unless create_app sets one
     query_log: QueryLog | None = None
     events_log: EventLog | None = None  # POST /events writes here (settings.events_log)

@@ -16,7 +16,7 @@ import numpy as np
 
 from index.lexical import LexicalIndex, top_k
 from index.rank_fusion import FusionSpec, hybrid_one
-from index.search import FaissCpuSearcher, Searcher, _exact_subset, exact_scores
+from index.search import FaissCpuSearcher, Searcher, exact_scores, exact_subset
 from model.data.interactions import Judgments
 from model.eval.metrics import ranking_metrics, recall_at_k
 from service.serving.cache import normalise_query
@@ -54,7 +54,7 @@ def ranked_ids(searcher: Searcher, ids: Sequence[str], qvecs: np.ndarray, k: int
 def exact_rows(vectors: np.ndarray, qvecs: np.ndarray, k: int, batch: int = 256) -> np.ndarray:
     """Exact top-k rows (Q, k) by brute force: the reference for ANN recall."""
     all_rows = np.arange(vectors.shape[0])
-    return np.vstack([_exact_subset(vectors, all_rows, qvecs[s:s + batch], k).rows for s in range(0, len(qvecs), batch)])
+    return np.vstack([exact_subset(vectors, all_rows, qvecs[s:s + batch], k).rows for s in range(0, len(qvecs), batch)])
 
 
 def ann_recall(searcher: Searcher, vectors: np.ndarray, qvecs: np.ndarray, k: int) -> float:

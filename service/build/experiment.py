@@ -20,30 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from service.build.pipeline import BuildOptions, build_index
+from service.build.report import write_report
 
 log = logging.getLogger("service.build.experiment")
-
-# The headline metrics of the table, as paths into a build's manifest metrics.
-TABLE_METRICS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("R@10", ("recall@10",)),
-    ("R@100", ("recall@100",)),
-    ("nDCG@10", ("ndcg@10",)),
-    ("R@100 title", ("title_answerable", "recall@100")),
-    ("R@100 aux", ("auxiliary_only", "recall@100")),
-    ("R@10 title", ("title_answerable", "recall@10")),
-    ("R@10 aux", ("auxiliary_only", "recall@10")),
-    ("xview R@10", ("cross_view", "mean", "recall@10")),
-)
-
-
-def lookup(metrics: dict[str, Any], path: Sequence[str]) -> float | None:
-    cur: Any = metrics
-    for key in path:
-        if not isinstance(cur, dict) or key not in cur:
-            return None
-        cur = cur[key]
-    return float(cur) if isinstance(cur, int | float) else None
-
 
 def with_crossview_mean(metrics: dict[str, Any]) -> dict[str, Any]:
     cv = metrics.get("cross_view") or {}
@@ -98,22 +77,5 @@ def run_experiment(base: BuildOptions, out: Path, objectives: Sequence[str], see
                 f.write(json.dumps(record, default=float) + "\n")
             release_memory()  # a run's caches (trunk states, view embeddings) are large
     results = [r for r in load_results(out) if r["objective"] in objectives and r["seed"] in seeds]
-    from service.build.report import write_report
-
     write_report(results, out)
     return results
-
-
-def summarise(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, tuple[float, float, int]]]:
-    """{objective: {metric label: (mean, std, n_seeds)}}; std is 0 for a single seed."""
-    table: dict[str, dict[str, tuple[float, float, int]]] = {}
-    for objective in dict.fromkeys(r["objective"] for r in results):
-        runs = [r for r in results if r["objective"] == objective]
-        row = {}
-        for label, path in TABLE_METRICS + (("items/s", ("__items_per_s",)),):
-            values = [r.get("items_per_s") if path == ("__items_per_s",) else lookup(r["metrics"], path) for r in runs]
-            values = [v for v in values if v is not None]
-            if values:
-                row[label] = (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
-        table[objective] = row
-    return table

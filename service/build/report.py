@@ -9,10 +9,44 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+# The headline metrics of the table, as paths into a build's manifest metrics.
+TABLE_METRICS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("R@10", ("recall@10",)),
+    ("R@100", ("recall@100",)),
+    ("nDCG@10", ("ndcg@10",)),
+    ("R@100 title", ("title_answerable", "recall@100")),
+    ("R@100 aux", ("auxiliary_only", "recall@100")),
+    ("R@10 title", ("title_answerable", "recall@10")),
+    ("R@10 aux", ("auxiliary_only", "recall@10")),
+    ("xview R@10", ("cross_view", "mean", "recall@10")),
+)
+
+
+def lookup(metrics: dict[str, Any], path: Sequence[str]) -> float | None:
+    cur: Any = metrics
+    for key in path:
+        if not isinstance(cur, dict) or key not in cur:
+            return None
+        cur = cur[key]
+    return float(cur) if isinstance(cur, int | float) else None
+
+
+def summarise(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """{objective: {metric label: (mean, std, n_seeds)}}; std is 0 for a single seed."""
+    table: dict[str, dict[str, tuple[float, float, int]]] = {}
+    for objective in dict.fromkeys(r["objective"] for r in results):
+        runs = [r for r in results if r["objective"] == objective]
+        row = {}
+        for label, path in TABLE_METRICS + (("items/s", ("__items_per_s",)),):
+            values = [r.get("items_per_s") if path == ("__items_per_s",) else lookup(r["metrics"], path) for r in runs]
+            values = [v for v in values if v is not None]
+            if values:
+                row[label] = (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
+        table[objective] = row
+    return table
+
 
 def markdown_table(results: Sequence[dict[str, Any]]) -> str:
-    from service.build.experiment import summarise
-
     table = summarise(results)
     labels = list(dict.fromkeys(label for row in table.values() for label in row))
     lines = ["| objective | seeds | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from service.serving.engine import Answer, Engine, SearchRequest
 
 CacheKey = tuple[str, int, int, Hashable, Hashable]
 
@@ -91,18 +94,18 @@ class ResultCache:
             self.on_size(0)
 
 
-async def search_cached(cache: ResultCache, engine: Any, submit: Callable[[Any], Awaitable[Any]], req: Any) -> tuple[Any, bool]:
-    """The batch answer for `req` ((hits, model_version, index_version)) and whether it came from
-    the cache. The cache version is (served version, deny-list generation): either changing
-    empties it. `submit` is the micro-batcher's; a hit never reaches it."""
+async def search_cached(cache: ResultCache, engine: Engine, submit: Callable[[SearchRequest], Awaitable[Answer]],
+                        req: SearchRequest) -> tuple[Answer, bool]:
+    """The answer for `req` and whether it came from the cache. The cache version is (served
+    version, deny-list generation): either changing empties it. `submit` is the micro-batcher's; a
+    hit never reaches it."""
     if not cache.enabled:
         return await submit(req), False
-    version = (engine.current.version, getattr(engine, "deny_generation", 0))
-    options = req.options_key() if hasattr(req, "options_key") else None  # mode + fusion
-    key = cache.key(req.query, req.k, req.offset, req.filter.key(), options)
+    version = (engine.current.version, engine.deny_generation)
+    key = cache.key(req.query, req.k, req.offset, req.filter.key(), req.options_key())  # options: mode + fusion
     hit = cache.get(key, version)
     if hit is not None:
         return hit, True
     answer = await submit(req)
-    cache.put(key, (answer[2], version[1]), answer)  # stored under the version that answered
+    cache.put(key, (answer.index_version, version[1]), answer)  # stored under the version that answered
     return answer, False

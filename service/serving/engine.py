@@ -76,6 +76,16 @@ class Hit:
     image: str | None
 
 
+@dataclass(frozen=True)
+class Answer:
+    """One request's part of a BatchResult: what the micro-batcher hands back to the route (and the
+    result cache keeps)."""
+    hits: list[Hit]
+    model_version: str
+    index_version: str
+    mode: str | None = None  # the mode that answered (dense on a fallback)
+
+
 @dataclass
 class BatchResult:
     hits: list[list[Hit]]
@@ -83,6 +93,12 @@ class BatchResult:
     index_version: str
     stages: dict[str, float]
     modes: list[str] = field(default_factory=list)  # the mode each request was answered in
+
+    def answers(self) -> list[Answer]:
+        """Per request, in order."""
+        modes = self.modes or [None] * len(self.hits)
+        return [Answer(hits, self.model_version, self.index_version, mode)
+                for hits, mode in zip(self.hits, modes, strict=True)]
 
 
 def fusion_spec(settings: Settings) -> FusionSpec:

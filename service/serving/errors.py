@@ -1,10 +1,9 @@
-"""Domain errors (no HTTP in them) and the one table that maps them to status codes."""
+"""Domain errors (no HTTP in them; service/api/errors.py maps them to status codes) and the
+client-safe text of a message."""
 
 from __future__ import annotations
 
-import json
 import re
-from http import HTTPStatus
 from pathlib import Path
 
 
@@ -50,41 +49,6 @@ class NotFound(ServiceError):
 
 class UnsupportedMediaType(ServiceError):
     pass
-
-
-STATUS: dict[type[ServiceError], int] = {
-    InvalidRequest: 422,
-    PayloadTooLarge: 413,
-    UnsupportedMediaType: 415,
-    NotFound: 404,
-    Unauthorized: 401,
-    AdminDisabled: 404,
-    Overloaded: 429,
-    NotReady: 503,
-    DeadlineExceeded: 504,
-    ReloadFailed: 409,
-}
-
-
-def error_body(code: str, message: str) -> bytes:
-    """THE error body of every response: `{"error": CamelCaseCode, "message": text for a person}`."""
-    return json.dumps({"error": code, "message": message}).encode()
-
-
-def http_error_code(status: int) -> str:
-    """A status without a domain error (a router's 404/405): its phrase in CamelCase, `MethodNotAllowed`."""
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        return "HttpError"
-    return "".join(word.capitalize() for word in re.split(r"[\s-]+", phrase) if word)
-
-
-def status_of(err: ServiceError) -> int:
-    for cls in type(err).__mro__:
-        if cls in STATUS:
-            return STATUS[cls]
-    return 500
 
 
 _ABS_PATH = re.compile(r"(?<![\w.~:/])/(?:[^/\s:'\"(),]+/)+[^/\s:'\"(),]*")

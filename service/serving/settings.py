@@ -92,10 +92,12 @@ class Settings(BaseSettings):
     max_wait_us: int = Field(500, ge=0, description="how long a batch waits for company (microseconds)")
     max_queue: int = Field(1_024, ge=1, description="queued requests beyond this get 429")
     request_timeout_ms: int = Field(2_000, ge=1, description="per-request deadline (504 after it)")
-    sched_batch: bool = Field(True, description="run the server's threads under Linux SCHED_BATCH: a request "
+    sched_batch: bool = Field(False, description="run the server's threads under Linux SCHED_BATCH: a request "
                               "arriving while the search worker holds the CPU waits for the scheduler tick instead "
                               "of preempting it, so the event loop handles arrivals in groups (more throughput on "
-                              "contended cores and under overload; docs/RELIABILITY.md). Ignored elsewhere")
+                              "contended cores and under overload; docs/RELIABILITY.md). Ignored elsewhere. Process-wide, so off "
+                              "by default (a library or a test run keeps its scheduling); on in the served images "
+                              "(Dockerfile) and the manifests (k8s/base/configmap.yaml)")
     sched_slice_us: int = Field(10_000, ge=0, le=100_000, description="with sched_batch: the threads' time "
                                 "slice (Linux 6.12+; 0: the kernel's default, 1.4 ms on the 2-core dev machine). "
                                 "A longer slice lets the encoder finish more of a batch before the event loop takes "

@@ -111,7 +111,7 @@ def test_running_service_keeps_the_last_good_version(followers, fault: str) -> N
     try:
         write_atomic(store.current_file, (name + "\n").encode())  # a rogue publish that skipped verify
         wait_for(lambda: bool(engine.last_reload_error) and name in engine.last_reload_error,
-                 why=lambda: (engine.last_reload_error, client.app.state.svc.load_error, store.current_version()))
+                 why=lambda: (engine.last_reload_error, client.app.state.svc.life.load_error, store.current_version()))
         assert words in engine.last_reload_error, engine.last_reload_error
         for _ in range(3):
             r = client.post("/search", json={"query": "red mug"})

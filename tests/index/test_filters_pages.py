@@ -11,7 +11,7 @@ import pytest
 from index import search as search_mod
 from index.build import RERANK_FACTOR, build_index
 from index.filters import Filter, FilterColumns
-from index.search import FaissCpuSearcher, FaissGpuSearcher, _exact_subset, exact_scores
+from index.search import FaissCpuSearcher, FaissGpuSearcher, exact_scores, exact_subset
 
 FAMILIES = {  # key -> search params (deliberately narrow: refills must make up for them)
     "Flat": {},
@@ -122,11 +122,11 @@ def test_pages_continue_one_ranking(catalog, key: str, category: str | None, mon
 def test_exact_subset_in_chunks_equals_one_pass(catalog) -> None:
     x, q = catalog["x"], catalog["q"]
     rows = np.flatnonzero(catalog["cols"].mask(Filter.build(categories=["common", "small"])))
-    one = _exact_subset(x, rows, q, 12)
-    chunked = _exact_subset(x, rows, q, 12, chunk=100)
+    one = exact_subset(x, rows, q, 12)
+    chunked = exact_subset(x, rows, q, 12, chunk=100)
     np.testing.assert_array_equal(one.rows, chunked.rows)
     np.testing.assert_array_equal(one.rows, brute(x, q, 12, np.isin(np.arange(len(x)), rows)))
-    fp16 = _exact_subset(x.astype(np.float16), rows, q, 12, chunk=333)
+    fp16 = exact_subset(x.astype(np.float16), rows, q, 12, chunk=333)
     assert np.mean(fp16.rows == one.rows) > 0.95  # the stored fp16 vectors rank almost identically
 
 

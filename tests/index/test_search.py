@@ -71,7 +71,7 @@ def test_post_filter_refills_when_too_few_survive(data) -> None:
 
     def refill(missing):
         calls.append(len(missing))
-        return search_mod._exact_subset(x, np.flatnonzero(allowed), q[missing], 5)
+        return search_mod.exact_subset(x, np.flatnonzero(allowed), q[missing], 5)
 
     res = post_filter(raw, allowed, 5, refill)
     assert calls == [len(q)]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.build.experiment import run_experiment, summarise
+from service.build.experiment import run_experiment
 from service.build.pipeline import build_options
+from service.build.report import summarise
 
 
 def test_experiment_table_report_and_resume(tiny_sample: Path, tiny_build, tmp_path: Path, monkeypatch) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from index.filters import Filter
 from service.serving.cache import ResultCache, normalise_query, search_cached
-from service.serving.engine import SearchRequest
+from service.serving.engine import Answer, SearchRequest
 
 
 def test_lru_eviction_and_refresh() -> None:
@@ -64,18 +64,18 @@ def test_search_cached_skips_submit_on_hit_and_follows_deny_generation() -> None
 
     async def submit(req: SearchRequest):
         calls.append(req)
-        return ([f"hit-{len(calls)}"], "m", engine.current.version)
+        return Answer([f"hit-{len(calls)}"], "m", engine.current.version)
 
     async def main() -> None:
         c = ResultCache(10)
         req = SearchRequest("Red Mug", 10, 0, Filter())
-        assert await search_cached(c, engine, submit, req) == ((["hit-1"], "m", "v1"), False)
-        assert await search_cached(c, engine, submit, SearchRequest("red  mug")) == ((["hit-1"], "m", "v1"), True)
+        assert await search_cached(c, engine, submit, req) == (Answer(["hit-1"], "m", "v1"), False)
+        assert await search_cached(c, engine, submit, SearchRequest("red  mug")) == (Answer(["hit-1"], "m", "v1"), True)
         assert len(calls) == 1
         engine.deny_generation = 1  # a listing was denied: cached pages may show it
         assert (await search_cached(c, engine, submit, req))[1] is False and len(calls) == 2
         engine.current.version = "v2"
-        assert (await search_cached(c, engine, submit, req))[0][2] == "v2" and len(calls) == 3
+        assert (await search_cached(c, engine, submit, req))[0].index_version == "v2" and len(calls) == 3
         off = ResultCache(0)
         await search_cached(off, engine, submit, req)
         await search_cached(off, engine, submit, req)

@@ -18,7 +18,7 @@ from index.rank_fusion import FusionSpec, hybrid_one, rrf, weighted
 from index.store.artifacts import MANIFEST, ArtifactStore, sha256_file
 from service.api.app import create_app
 from service.serving.cache import ResultCache, search_cached
-from service.serving.engine import Engine, SearchRequest
+from service.serving.engine import Answer, Engine, SearchRequest
 from service.serving.settings import Settings
 
 
@@ -109,7 +109,7 @@ def test_cache_key_distinguishes_modes_and_weights() -> None:
 
     async def submit(req: SearchRequest):
         calls.append(req)
-        return [], "m", "v1", req.mode
+        return Answer([], "m", "v1", req.mode)
 
     import asyncio
 

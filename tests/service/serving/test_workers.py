@@ -194,5 +194,19 @@ def test_serve_applies_the_scheduling_settings(monkeypatch, tmp_path, n_workers:
     monkeypatch.setattr(workers, "use_batch_scheduling", lambda on, us: order.append(("sched", on, us)))
     monkeypatch.setattr(service.api.app, "create_app", lambda settings: "app")
     monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: order.append(("uvicorn", kw.get("workers", 1))))
-    workers.serve({"artifacts": tmp_path, "sched_slice_us": 20_000}, workers=n_workers)
+    workers.serve({"artifacts": tmp_path, "sched_batch": True, "sched_slice_us": 20_000}, workers=n_workers)
     assert order == [("sched", True, 20_000), ("uvicorn", n_workers)]
+
+
+def test_scheduling_is_off_for_library_use_and_on_where_the_service_is_served(monkeypatch) -> None:
+    """SCHED_BATCH is process-wide: a library user or a test run keeps its scheduling unless asked;
+    the served images and the manifests turn it on."""
+    for key in [k for k in os.environ if k.startswith("SERVICE_")]:
+        monkeypatch.delenv(key)
+    assert Settings().sched_batch is False
+    for dockerfile in ("Dockerfile", "Dockerfile.cuda"):
+        lines = [ln.strip() for ln in (ROOT / dockerfile).read_text().splitlines() if not ln.lstrip().startswith("#")]
+        assert "SERVICE_SCHED_BATCH=true" in lines, dockerfile  # in the final stage's ENV
+    config = (ROOT / "k8s" / "base" / "configmap.yaml").read_text()
+    assert 'SERVICE_SCHED_BATCH: "true"' in config
+    assert Settings(sched_batch="true").sched_batch is True  # as the ConfigMap's string value parses
