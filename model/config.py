@@ -27,6 +27,7 @@ def slot_types(max_other_images: int) -> tuple[int, ...]:
     return (TITLE, IMAGE, DESCRIPTION, TAGS) + (IMAGE_OTHER,) * max_other_images
 
 
+# The objectives a TrainConfig may name (`--objective`); model/objectives REGISTRY has a factory for each.
 OBJECTIVES: tuple[str, ...] = ("ft", "clip", "oat", "pmrl", "ft-allpairs")
 
 

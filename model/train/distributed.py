@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from model.devices import resolve_device, wants_cuda
 from model.objectives import ViewBatch
 from model.objectives.contrastive import same_from_ids
 
@@ -86,11 +87,6 @@ class DistContext:
         return box[0]
 
 
-def wants_cuda(requested: str) -> bool:
-    """Does `--device` ask for CUDA ("auto" only when torch sees a GPU)?"""
-    return requested.startswith("cuda") or (requested == "auto" and torch.cuda.is_available())
-
-
 def init_distributed(device: str = "auto") -> DistContext:
     """From torchrun's environment (WORLD_SIZE, RANK, LOCAL_RANK); a single process otherwise.
     NCCL when `device` means CUDA (each rank pinned to GPU LOCAL_RANK first), gloo otherwise, so
@@ -108,17 +104,9 @@ def init_distributed(device: str = "auto") -> DistContext:
 
 
 def device_for(ctx: DistContext, requested: str) -> torch.device:
-    """GPU LOCAL_RANK for every CUDA request under torchrun (one GPU per local rank; "cuda:0"
-    would put every rank on one GPU); the requested device otherwise."""
-    if wants_cuda(requested) and not torch.cuda.is_available():
-        raise RuntimeError(f"device: {requested!r} asked for, but torch sees no CUDA device")
-    if ctx.enabled and wants_cuda(requested):
-        if ctx.local_rank >= torch.cuda.device_count():
-            raise RuntimeError(f"LOCAL_RANK {ctx.local_rank}: only {torch.cuda.device_count()} CUDA devices visible")
-        return torch.device("cuda", ctx.local_rank)
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
+    """The device of this process: under torchrun a CUDA request is GPU LOCAL_RANK (one GPU per
+    local rank; "cuda:0" would put every rank on one GPU); the requested device otherwise."""
+    return resolve_device(requested, local_rank=ctx.local_rank if ctx.enabled else None)
 
 
 def dist_backend() -> str | None:

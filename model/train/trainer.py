@@ -1,4 +1,4 @@
-"""The training loop: AdamW, warmup + cosine, AMP on CUDA, gradient clipping, seeds, resumable.
+"""The training loop: AdamW, warmup + cosine, AMP on CUDA, gradient clipping, seeds, early stopping.
 
 The frozen bottom of MiniLM runs once per text (`TrunkCache`); each step runs only the trainable
 top layers on the texts the objective asked for, and the image heads on cached photo features.
@@ -6,18 +6,15 @@ top layers on the texts the objective asked for, and the image heads on cached p
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -35,14 +32,6 @@ from model.train.validation import EarlyStopping, ValidationSet, exact_top, vali
 # Token-length buckets of the training step's text batches (the last one catches everything).
 log = logging.getLogger("model.train.trainer")
 LENGTH_BUCKETS = (16, 32, 64, 1 << 30)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device: {name!r} asked for, but torch sees no CUDA device")
-    return torch.device(name)
 
 
 def cpu_has_bf16() -> bool:
@@ -327,7 +316,6 @@ class Trainer:
     def fit(
         self,
         progress: bool = False,
-        checkpoint: Path | None = None,
         on_epoch: Callable[[int, TwoTower], dict[str, float]] | None = None,
         validation: ValidationSet | None = None,
         validation_rows: np.ndarray | None = None,
@@ -375,8 +363,6 @@ class Trainer:
                 log.info("epoch %d/%d: loss %.4f%s (%.0f s so far)", self.epoch, self.cfg.epochs, record.get("loss", 0.0),
                          "".join(f", {k} {record[k]:.4f}" for k in ("val_ndcg@10", "val_recall@10") if k in record),
                          time.perf_counter() - start)
-            if checkpoint is not None and self.dist.is_main:
-                self.save_state(checkpoint)
             if self.dist.broadcast(stop):  # every rank stops at the same epoch
                 break
         if early is not None and self.dist.is_main:
@@ -387,49 +373,6 @@ class Trainer:
         elapsed = time.perf_counter() - start
         self.history.items_per_s = n_items / elapsed if elapsed > 0 and n_items else 0.0
         return self.history
-
-    # ------------------------------------------------------------------ resumable state
-
-    def save_state(self, folder: Path) -> None:
-        """Model + objective weights (safetensors), optimiser/scheduler/RNG state (tensors and
-        plain values only, loaded back with weights_only=True), history as JSON."""
-        folder.mkdir(parents=True, exist_ok=True)
-        tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
-        tensors |= {f"objective.{k}": v.detach().contiguous().cpu() for k, v in self.objective.state_dict().items()}
-        meta = {"epoch": str(self.epoch), "train_config": json.dumps(self.cfg.to_dict())}
-        save_file(tensors, str(folder / "train_state.safetensors.tmp"), metadata=meta)
-        torch.save({
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(), "gen": self.gen.get_state(),
-            "np_rng": json.dumps(self.np_rng.bit_generator.state), "history": json.dumps(self.history.to_dict()),
-        }, folder / "optimizer.pt.tmp")
-        (folder / "train_state.safetensors.tmp").replace(folder / "train_state.safetensors")
-        (folder / "optimizer.pt.tmp").replace(folder / "optimizer.pt")
-
-    def load_state(self, folder: Path) -> bool:
-        """Resume from `folder` if it holds a state of the same training config; -> resumed?"""
-        weights, opt = folder / "train_state.safetensors", folder / "optimizer.pt"
-        if not (weights.is_file() and opt.is_file()):
-            return False
-        from safetensors import safe_open
-
-        with safe_open(str(weights), "pt") as f:
-            meta = f.metadata()
-        if json.loads(meta["train_config"]) != self.cfg.to_dict():
-            raise ValueError(f"{weights}: saved with another training config; remove it to start over")
-        tensors = load_file(str(weights))
-        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        self.objective.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("objective.")})
-        state = torch.load(opt, weights_only=True, map_location="cpu")
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        self.gen.set_state(state["gen"])
-        self.np_rng.bit_generator.state = json.loads(state["np_rng"])
-        hist = json.loads(state["history"])
-        self.history = TrainHistory(**hist)
-        self.epoch = int(meta["epoch"])
-        return True
 
 
 class _StepModule(nn.Module):

@@ -20,9 +20,10 @@ from index.search import FaissCpuSearcher
 from index.store.artifacts import ArtifactError, ArtifactStore
 from index.store.listings import ListingStore
 from model.data.interactions import load_judgments
+from model.devices import resolve_device
 from model.runtime.query_encoder import QueryEncoder
 from service.build.evaluation import evaluate, evaluate_modes
-from service.serving.engine import fusion_spec, load_lexical, resolve_encoder_device
+from service.serving.engine import fusion_spec, load_lexical
 from service.serving.settings import Settings
 
 
@@ -34,7 +35,7 @@ def evaluate_version(artifacts: Path, version: str | None, judgments: Path, *, d
         raise ArtifactError(f"{artifacts}: no current version; pass --version")
     manifest = store.verify(version)
     folder = store.version_dir(version)
-    encoder = QueryEncoder(folder / "model.safetensors", folder / "tokenizer.json", resolve_encoder_device(device))
+    encoder = QueryEncoder(folder / "model.safetensors", folder / "tokenizer.json", str(resolve_device(device, "--device")))
     searcher = FaissCpuSearcher(load_index(str(folder / "index.faiss")), np.load(folder / "vectors.npy", mmap_mode="r"),
                                 manifest.get("index_params"))
     ids = ListingStore(folder / "listings.sqlite").ids()

@@ -34,13 +34,13 @@ from model.checkpoint import load_model, save_model
 from model.config import ImageConfig
 from model.data.catalog import Listing, load_catalog
 from model.data.views import build_view_table, encoder_cuts
+from model.devices import resolve_device
 from model.embed import embed_listings
 from model.encoders.image import backbone_digest
 from model.encoders.text import Tokenizer, resolve_weights_dir, text_weights_digest
 from model.towers import TwoTower
 from model.train.distributed import DistContext, device_for, dist_backend
 from model.train.pairs import build_slots
-from model.train.trainer import resolve_device
 from model.view_fusion import view_weights
 from service.build.pipeline import (
     BuildOptions,

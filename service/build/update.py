@@ -32,9 +32,9 @@ from index.store.listings import ListingRecord, ListingStore
 from index.tune import tune_and_check
 from model.checkpoint import load_model
 from model.data.catalog import CatalogError, Listing, iter_rows, load_catalog, parse_column_map
+from model.devices import resolve_device
 from model.encoders.image import backbone_digest
 from model.encoders.text import Tokenizer
-from model.train.trainer import resolve_device
 from model.view_fusion import view_weights
 from service.build.pipeline import (
     BuildOptions,

@@ -7,6 +7,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from model.config import OBJECTIVES  # the names model/objectives REGISTRY builds
+
 # `service CMD --help` ends with these (the commands as README and docs/OPERATIONS.md write them).
 EXAMPLES = {
     "sample-catalog": "service sample-catalog --out var/sample --items 2000",
@@ -86,7 +88,7 @@ def add_build_args(p: argparse.ArgumentParser, artifacts: bool = True) -> None:
     p.add_argument("--interactions", type=Path, help="interactions.jsonl (query, item_id, weight), or the events "
                    "log of POST /events (detected by its action field; docs/DATA.md)")
     p.add_argument("--judgments", type=Path, help="judgments.jsonl: evaluate before publishing")
-    p.add_argument("--objective", default="ft", choices=["ft", "clip", "oat", "pmrl", "ft-allpairs"])
+    p.add_argument("--objective", default="ft", choices=OBJECTIVES, help="training objective (model/objectives)")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")

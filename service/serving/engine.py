@@ -37,6 +37,7 @@ from index.store import denylist
 from index.store.artifacts import ArtifactError, ArtifactStore, GateRefused, admissible, gate_failures
 from index.store.denylist import DenyRows
 from index.store.listings import ListingStore
+from model.devices import resolve_device
 from model.runtime.image_query import PhotoEncoder, PhotoUnavailable, probe_png
 from model.runtime.query_encoder import EncoderOptions, QueryEncoder
 from service.serving.errors import NotReady
@@ -107,16 +108,6 @@ def fusion_spec(settings: Settings) -> FusionSpec:
                       settings.fusion_candidates, settings.identifier_boost)
 
 
-def resolve_encoder_device(requested: str) -> str:
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"encoder_device: {requested!r} asked for, but torch sees no CUDA device")
-    if requested not in ("cpu",) and not requested.startswith("cuda"):
-        raise ValueError(f"encoder_device: {requested!r} is not auto, cpu or cuda")
-    return requested
-
-
 def encoder_options(settings: Settings) -> EncoderOptions:
     """The query encoder's runtime from the settings (backend, CUDA graphs, batch buckets)."""
     return EncoderOptions(backend=settings.encoder_backend, cuda_graphs=settings.cuda_graphs,
@@ -168,7 +159,7 @@ def load_version(settings: Settings, version: str | None = None) -> LoadedVersio
         raise ArtifactError(f"{folder}: model.safetensors is not the model the manifest's model_digest names")
     try:  # a truncated or foreign file is an artifact problem, named with its path
         encoder = QueryEncoder(folder / "model.safetensors", folder / "tokenizer.json",
-                               resolve_encoder_device(settings.encoder_device), encoder_options(settings))
+                               str(resolve_device(settings.encoder_device, "encoder_device")), encoder_options(settings))
         index = load_index(str(folder / "index.faiss"))
         vectors = np.load(folder / "vectors.npy", mmap_mode="r")
         listings = ListingStore(folder / "listings.sqlite")

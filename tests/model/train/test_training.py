@@ -4,11 +4,8 @@ resumed run continues exactly where the saved one stopped."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-import torch
 from helpers import make_data, make_trainer
 
 from model.encoders.text import MiniLM, Tokenizer, resolve_weights_dir
@@ -59,37 +56,6 @@ def test_every_objective_trains_and_loss_goes_down(objective: str, tokenizer) ->
     losses = [e["loss"] for e in history.epochs]
     assert all(np.isfinite(losses)) and len(losses) == 2
     assert losses[-1] < losses[0]
-
-
-def test_resume_continues_exactly(tokenizer, tmp_path: Path) -> None:
-    """A run killed after epoch 1 and resumed ends with the same weights as one straight run."""
-    data = make_data(64, 1, texts=True)
-    straight = make_trainer("ft", data, tokenizer)
-    straight.fit()
-
-    def killed(epoch: int, _model) -> dict:
-        if epoch == 2:
-            raise KeyboardInterrupt("killed during epoch 2")
-        return {}
-
-    first = make_trainer("ft", data, tokenizer)
-    with pytest.raises(KeyboardInterrupt):
-        first.fit(checkpoint=tmp_path, on_epoch=killed)
-    resumed = make_trainer("ft", data, tokenizer)
-    assert resumed.load_state(tmp_path) and resumed.epoch == 1
-    resumed.fit(checkpoint=tmp_path)
-    assert [e["epoch"] for e in resumed.history.epochs] == [1, 2]
-    for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
-        torch.testing.assert_close(a, b, msg=k)
-
-
-def test_resume_refuses_another_config(tokenizer, tmp_path: Path) -> None:
-    data = make_data(32, 0)
-    tr = make_trainer("ft", data, tokenizer)
-    tr.fit(checkpoint=tmp_path)
-    other = make_trainer("clip", data, tokenizer)
-    with pytest.raises(ValueError, match="another training config"):
-        other.load_state(tmp_path)
 
 
 def test_mini_lm_class_is_used(tokenizer) -> None:
