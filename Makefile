@@ -23,7 +23,7 @@ DEMO_EPOCHS ?= 2
 # The demo records POST /events here; `service build-index --interactions $(DEMO_EVENTS)` learns from it.
 DEMO_EVENTS ?= var/log/events.jsonl
 
-.PHONY: install demo test lint lint-deploy bench-search clean
+.PHONY: install demo test test-fast lint lint-deploy bench-search clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ demo: $(STAMP) $(DEMO_ARTIFACTS)/current
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The suite without the tests marked slow (builds, servers, browsers): a quick check while editing.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check model index service tests bench

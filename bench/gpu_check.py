@@ -5,7 +5,7 @@
 
 Runs from a fresh copy of the tree on a machine with torch (+ CUDA), onnxruntime, tokenizers and
 safetensors; faiss and the web stack may be missing (docs/PERFORMANCE.md says which wheels to
-carry). Weights are random, of MiniLM-L6's shapes (as DESIGN §6's reference figures), with a
+carry). Weights are random, of MiniLM-L6's shapes (as the reference GPU figures in docs/PERFORMANCE.md), with a
 generated WordPiece vocabulary: nothing is downloaded. Sections, each reported even when skipped:
   gpu_tests      `pytest -m gpu` over tests/ (skipped in --smoke);
   graph_parity   the CUDA-graph encoder (fp16) against the fp32 module (min cosine on the probe
@@ -251,6 +251,7 @@ def write_artifact(folder: Path, vectors: np.ndarray, weights: Path, tokenizer: 
     from index.build import build_index, save_index
     from index.store.artifacts import ArtifactStore
     from index.store.listings import ListingRecord, write_listings
+    from index.store.manifest import Manifest
 
     store = ArtifactStore(folder / "artifacts")
     name = f"gpu-check-{len(vectors)}"
@@ -264,9 +265,9 @@ def write_artifact(folder: Path, vectors: np.ndarray, weights: Path, tokenizer: 
         write_listings(staged.path / "listings.sqlite", (
             ListingRecord(i, f"L{i}", f"listing {i}", None, cats[i % len(cats)], float(i % 500), {})
             for i in range(len(vectors))))
-        store.commit(staged, {"objective": "ft", "model_config": {}, "model_digest": digest, "n_items": len(vectors),
-                              "dim": int(vectors.shape[1]), "index_key": "Flat", "index_params": {},
-                              "index_tuning": {}, "metrics": {}, "synthetic": {"by": "bench/gpu_check.py"}})
+        store.commit(staged, Manifest(objective="ft", model_digest=digest, n_items=len(vectors),
+                                      dim=int(vectors.shape[1]), index_key="Flat", index_params={}, index_tuning={},
+                                      synthetic={"by": "bench/gpu_check.py"}))
     store.publish(name)
     sample = folder / "sample"
     sample.mkdir(exist_ok=True)

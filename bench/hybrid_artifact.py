@@ -22,6 +22,7 @@ from pathlib import Path
 from index.lexical import LexicalIndex
 from index.store.artifacts import MANIFEST, ArtifactStore
 from index.store.listings import ListingStore
+from index.store.manifest import Manifest
 from service.build.pipeline import record_documents
 
 
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         lex = LexicalIndex.build(docs)
         lex.save(staged.path)
         manifest["lexical"] = {**lex.describe(), "documents": "metadata", "build_seconds": time.perf_counter() - t0}
-        out.commit(staged, {k: v for k, v in manifest.items() if k not in ("schema_version", "version", "files")})
+        out.commit(staged, Manifest.from_dict(manifest))
     out.publish(version)
     print(f"{a.out}: version {version} with a lexical index over {len(docs)} listings "
           f"({manifest['lexical']['build_seconds']:.1f} s)")

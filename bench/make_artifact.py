@@ -29,6 +29,7 @@ from bench.common import load_queries, machine
 from index.build import build_index, save_index
 from index.store.artifacts import ArtifactStore
 from index.store.listings import ListingRecord, write_listings
+from index.store.manifest import Manifest
 
 
 def _log_resp(x: np.ndarray, weights: np.ndarray, means: np.ndarray, var: np.ndarray) -> np.ndarray:
@@ -146,13 +147,13 @@ def main(argv: list[str] | None = None) -> None:
         write_listings(staged.path / "listings.sqlite",
                        records_for(src / "listings.sqlite", real_assign, comp, a.seed))
         keep = {k: manifest[k] for k in ("objective", "model_config", "model_digest", "text_base_digest") if k in manifest}
-        path = store.commit(staged, {
-            **keep, "created": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
-            "n_items": a.items, "dim": int(vectors.shape[1]), "index_key": built.key, "index_params": built.params,
-            "index_tuning": tuning, "metrics": {},
-            "synthetic": {"source_version": version, "components": a.components, "seed": a.seed,
-                          "method": "diagonal GMM fitted by EM to the source's fused vectors"},
-        })
+        path = store.commit(staged, Manifest(
+            **keep, created=time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+            n_items=a.items, dim=int(vectors.shape[1]), index_key=built.key, index_params=built.params,
+            index_tuning=tuning,
+            synthetic={"source_version": version, "components": a.components, "seed": a.seed,
+                       "method": "diagonal GMM fitted by EM to the source's fused vectors"},
+        ))
     store.publish(name)
     print(json.dumps({"machine": machine(), "version": name, "path": str(path), "items": a.items,
                       "index_key": built.key, "index_params": built.params, "fit_s": round(t_fit, 1),

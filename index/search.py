@@ -329,7 +329,7 @@ class FaissCpuSearcher(Searcher):
 
 
 class TorchCudaSearcher(Searcher):
-    """Exact inner-product search in torch (DESIGN §6 reference path): fp16 storage on CUDA, fp32 on
+    """Exact inner-product search in torch (the reference GPU figures' path, docs/PERFORMANCE.md): fp16 storage on CUDA, fp32 on
     CPU (the same class runs in CI with device="cpu"). `index/torch_search.py` scans the rows in
     chunks within `scratch_mb` and keeps fp32 top-k candidates on the device, filter masks stay on
     the device (cached by content); the best k + TIE_SLACK candidates get `rerank_exact` scores and

@@ -26,6 +26,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from index.store.artifacts import MANIFEST, ArtifactStore
+from index.store.manifest import Manifest
 from model.config import ModelConfig, TextConfig, TowerConfig, TrainConfig
 from model.data.catalog import Listing
 from model.data.interactions import Interaction
@@ -111,7 +112,7 @@ def clone_version(store: ArtifactStore, src: str, name: str) -> Path:
         for p in folder.iterdir():
             if p.name != MANIFEST:
                 (staged.path / p.name).write_bytes(p.read_bytes())
-        return store.commit(staged, {k: v for k, v in manifest.items() if k not in ("schema_version", "version", "files")})
+        return store.commit(staged, Manifest.from_dict(manifest))
 
 
 WORDS = ["red", "blue", "striped", "wool", "mug", "scarf", "vase", "gift", "soft", "bright", "linen", "glass"]

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from index.store.manifest import Manifest
+
 log = logging.getLogger("index.store.artifacts")
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
@@ -194,15 +196,16 @@ class ArtifactStore:
             if path.exists():
                 shutil.rmtree(path, ignore_errors=True)
 
-    def commit(self, staged: Staged, manifest: dict[str, Any]) -> Path:
-        """Checksum and fsync every staged file, write the manifest, move into versions/."""
+    def commit(self, staged: Staged, manifest: Manifest) -> Path:
+        """Checksum and fsync every staged file, write the manifest (+ version, schema version,
+        checksums), move into versions/."""
         files = {}
         for p in sorted(staged.path.rglob("*")):
             if p.is_file() and p.name != MANIFEST:
                 _fsync_file(p)
                 files[str(p.relative_to(staged.path))] = sha256_file(p)
-        manifest = {"schema_version": SCHEMA_VERSION, "version": staged.version, **manifest, "files": files}
-        write_atomic(staged.path / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
+        data = {"schema_version": SCHEMA_VERSION, "version": staged.version, **manifest.to_dict(), "files": files}
+        write_atomic(staged.path / MANIFEST, json.dumps(data, indent=2, sort_keys=True).encode())
         _fsync_dir(staged.path)
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         final = self.versions_dir / staged.version

@@ -1,4 +1,4 @@
-"""The modality-gap diagnostic (DESIGN §2.2, after Xu & Leiva 2025).
+"""The modality-gap diagnostic (docs/METHODS.md, after Xu & Leiva 2025).
 
 For each pair of view types, over samples of their unit embeddings: the mean cosine over all cross
 pairs (= the dot product of the two clouds' means) and the Wasserstein-2 distance

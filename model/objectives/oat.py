@@ -1,4 +1,4 @@
-"""`--objective oat`: RecGOAT's dual alignment, as read here (DESIGN 2.3).
+"""`--objective oat`: RecGOAT's dual alignment, as read here (docs/METHODS.md).
 
 Instance level (CMCL): InfoNCE between a listing's text side (mean of its text views) and image
 side (mean of its photos), plus query <-> fused item InfoNCE.

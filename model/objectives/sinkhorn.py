@@ -2,7 +2,7 @@
 
 Why the log domain: the textbook kernel form iterates on K = exp(-C / eps). With costs in [0, 2]
 (cosine cost of unit vectors) and eps = 0.01, K reaches exp(-200), which is 0 in float32, and the
-scaling vectors then divide by zero: this is the RecGOAT public code's underflow (DESIGN 2.3). Here
+scaling vectors then divide by zero: this is the RecGOAT public code's underflow (docs/METHODS.md, `oat`). Here
 the scaled dual potentials u = f / eps, v = g / eps are updated with logsumexp, so nothing is ever
 exponentiated before it is normalised:
 

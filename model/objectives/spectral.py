@@ -1,4 +1,4 @@
-"""Spectral kernels of PMRL (DESIGN 2.4): anchor-free alignment of the M views of an item.
+"""Spectral kernels of PMRL (docs/METHODS.md, `pmrl`): anchor-free alignment of the M views of an item.
 
 An item's M unit view embeddings, stacked as Z (M, d), are fully aligned exactly when Z has rank 1:
 one singular value, sqrt(M), and the others 0. The singular values come from the M x M Gram

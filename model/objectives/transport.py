@@ -1,6 +1,6 @@
 """Factored optimal transport between two embedding clouds, through r learnable prototypes.
 
-Our reading of the Factorized Transport term (DESIGN 2.1), after Forrow et al. 2019 ("factored
+Our reading of the Factorized Transport term (docs/METHODS.md, `ft`), after Forrow et al. 2019 ("factored
 OT") and Scetbon et al. (low-rank Sinkhorn): instead of one n x m plan between the clouds X (n, d)
 and Y (m, d), each cloud is transported onto r hubs (prototypes) Z (r, d) with hub marginal g:
 

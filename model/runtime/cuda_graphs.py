@@ -1,7 +1,7 @@
 """CUDA-graph replay of the query tower for fixed (batch, length) buckets.
 
 Eager fp16 MiniLM on a GPU costs 4.5-6 ms per call, almost all of it kernel-launch overhead; a
-captured graph replays the same ~100 kernels in ~0.3 ms (DESIGN §6). A graph has fixed shapes and
+captured graph replays the same ~100 kernels in ~0.3 ms (reference GPU figures, docs/PERFORMANCE.md; not measured here). A graph has fixed shapes and
 fixed memory, so at warm-up one graph is captured per (batch bucket, length bucket), each with
 static input/output tensors: a call copies its token ids into the smallest bucket that holds them
 (one host->device copy from a pinned staging buffer), pads the rest, replays, and copies the first

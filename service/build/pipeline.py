@@ -34,6 +34,7 @@ from index.rank_fusion import FusionSpec
 from index.search import FaissCpuSearcher
 from index.store.artifacts import ArtifactStore, new_version_name
 from index.store.listings import ListingRecord, write_listings
+from index.store.manifest import Manifest
 from index.tune import tune_and_check
 from model.checkpoint import new_model, save_model
 from model.config import VIEW_TYPES, ImageConfig, ModelConfig, TextConfig, TowerConfig, TrainConfig
@@ -484,7 +485,7 @@ def gate(metrics: dict[str, Any], opts: BuildOptions) -> list[str]:
 
 def write_version(store: ArtifactStore, opts: BuildOptions, *, save_weights: Callable[[Path], str],
                   tokenizer: Path, built: BuiltIndex, vectors: np.ndarray, records: Sequence[ListingRecord],
-                  tune_vectors: np.ndarray | None, report: dict[str, Any], manifest: dict[str, Any],
+                  tune_vectors: np.ndarray | None, report: dict[str, Any], manifest: Manifest,
                   lexical_docs: Sequence[str] | None = None,
                   lexical_index: LexicalIndex | None = None, inherited_failures: Sequence[str] = (),
                   views: ViewVectors | None = None) -> BuildResult:
@@ -498,7 +499,7 @@ def write_version(store: ArtifactStore, opts: BuildOptions, *, save_weights: Cal
     version derived from one whose gate failed, service/build/update.py). `views`: the per-view vectors
     (view_vectors.npy (n, S, d) and slot_weights.npy (n, S), fp16) that /search explain reads."""
     version = opts.version or new_version_name()
-    failures = [*inherited_failures, *gate(manifest.get("metrics", {}), opts)]
+    failures = [*inherited_failures, *gate(manifest.metrics, opts)]
     with store.stage(version) as staged:
         digest = save_weights(staged.path / "model.safetensors")
         (staged.path / "tokenizer.json").write_bytes(Path(tokenizer).read_bytes())
@@ -528,23 +529,13 @@ def write_version(store: ArtifactStore, opts: BuildOptions, *, save_weights: Cal
             lexical = {**lex.describe(), "documents": "listings" if lexical_docs is not None else "metadata",
                        "build_seconds": round(time.perf_counter() - t0, 3)}
         (staged.path / "report.json").write_text(json.dumps(report, indent=2, default=float))
-        manifest = {
-            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            **manifest,
-            "model_digest": digest,
-            "n_items": int(vectors.shape[0]),
-            "dim": int(vectors.shape[1]),
-            "index_key": built.key,
-            "index_params": built.params,
-            "index_tuning": built.tuning,
-            "gate": {"passed": not failures, "failures": failures},
-        }
-        if lexical is not None:
-            manifest["lexical"] = lexical
-        if view_meta is not None:
-            manifest["view_vectors"] = view_meta
+        manifest = dataclasses.replace(
+            manifest, created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), model_digest=digest,
+            n_items=int(vectors.shape[0]), dim=int(vectors.shape[1]), index_key=built.key, index_params=built.params,
+            index_tuning=built.tuning, gate={"passed": not failures, "failures": failures}, lexical=lexical,
+            view_vectors=view_meta)
         path = store.commit(staged, manifest)
-    manifest = store.manifest(version)
+    stored = store.manifest(version)
     if failures:
         raise GateFailed(f"version {version} written to {path} but NOT published: " + "; ".join(failures))
     published = False
@@ -553,7 +544,7 @@ def write_version(store: ArtifactStore, opts: BuildOptions, *, save_weights: Cal
         published = True
         if opts.keep_versions:
             store.retain(opts.keep_versions)
-    return BuildResult(version, path, manifest, published)
+    return BuildResult(version, path, stored, published)
 
 
 def catalog_summary(opts: BuildOptions, catalog: Catalog) -> dict[str, Any]:
@@ -593,18 +584,13 @@ def build_index(opts: BuildOptions) -> BuildResult:
         metrics["cross_view"] = crossview
     timings["total_s"] = time.perf_counter() - started
 
-    manifest = {
-        "objective": opts.objective,
-        "model_config": dataclasses.asdict(model.cfg),
-        "view_weights": view_weights(model.fusion, model.cfg.index_views),
-        "train_config": train_info["train_config"],
-        "text_base_digest": text_weights_digest(opts.text_weights or None),
-        "image_backbone_digest": backbone_digest(icfg) if data.views.image_paths else None,
-        "catalog": catalog_summary(opts, inputs.catalog),
-        "metrics": metrics,
-        "modality_gap": train_info["modality_gap"],
-        "timings": timings,
-    }
+    manifest = Manifest(
+        objective=opts.objective, model_config=dataclasses.asdict(model.cfg),
+        view_weights=view_weights(model.fusion, model.cfg.index_views), train_config=train_info["train_config"],
+        text_base_digest=text_weights_digest(opts.text_weights or None),
+        image_backbone_digest=backbone_digest(icfg) if data.views.image_paths else None,
+        catalog=catalog_summary(opts, inputs.catalog), metrics=metrics, modality_gap=train_info["modality_gap"],
+        timings=timings)
     report = {"inputs": inputs.reports, "training": train_info, "timings": timings, "metrics": metrics}
     return write_version(
         ArtifactStore(opts.artifacts), opts, save_weights=lambda p: save_model(model, p),

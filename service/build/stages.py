@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from index.store.artifacts import VERSION_RE, ArtifactStore, new_version_name, sha256_file, write_atomic
+from index.store.manifest import Manifest
 from model.checkpoint import load_model, save_model
 from model.config import ImageConfig
 from model.data.catalog import Listing, load_catalog
@@ -285,20 +286,13 @@ def index_run(artifacts: Path, run: str, **overrides: Any) -> BuildResult:
     timings = {**trained["timings"], "embed_s": sum(m["seconds"] for m in metas), **timings}
     timings["total_s"] = time.perf_counter() - t0
     train_info = trained["training"]
-    manifest = {
-        "objective": opts.objective,
-        "model_config": dataclasses.asdict(model.cfg),
-        "view_weights": view_weights(model.fusion, model.cfg.index_views),
-        "train_config": train_info["train_config"],
-        "text_base_digest": r.info["text_base_digest"],
-        "image_backbone_digest": r.info["image_backbone_digest"],
-        "catalog": catalog_summary(opts, inputs.catalog),
-        "run": {"name": run, "shards": len(metas),
-                "world_size": r.info.get("distributed", {}).get("world_size", 1)},
-        "metrics": metrics,
-        "modality_gap": train_info["modality_gap"],
-        "timings": timings,
-    }
+    manifest = Manifest(
+        objective=opts.objective, model_config=dataclasses.asdict(model.cfg),
+        view_weights=view_weights(model.fusion, model.cfg.index_views), train_config=train_info["train_config"],
+        text_base_digest=r.info["text_base_digest"], image_backbone_digest=r.info["image_backbone_digest"],
+        catalog=catalog_summary(opts, inputs.catalog),
+        run={"name": run, "shards": len(metas), "world_size": r.info.get("distributed", {}).get("world_size", 1)},
+        metrics=metrics, modality_gap=train_info["modality_gap"], timings=timings)
     report = {"inputs": {**trained["inputs"], **{k: v for k, v in inputs.reports.items() if k != "catalog"}},
               "training": train_info, "timings": timings, "metrics": metrics,
               "shards": [{k: m[k] for k in ("shard", "of", "rows", "images", "seconds")} for m in metas]}

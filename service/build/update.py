@@ -29,6 +29,7 @@ from index.lexical import read_documents
 from index.store import denylist
 from index.store.artifacts import ArtifactError, ArtifactStore, gate_failures, sha256_file
 from index.store.listings import ListingRecord, ListingStore
+from index.store.manifest import Manifest
 from index.tune import tune_and_check
 from model.checkpoint import load_model
 from model.data.catalog import CatalogError, Listing, iter_rows, load_catalog, parse_column_map
@@ -148,11 +149,14 @@ def update_index(artifacts: Path, delta_path: Path | None = None, delete_ids: Pa
     update = {"parent": base, "delta": delta.report, "delete_ids": str(delete_ids) if delete_ids else None,
               "images": image_report, **counts}
     timings = {"embed_s": embed_s, "index_s": index_s, "total_s": time.perf_counter() - t0}
-    keys = ("objective", "model_config", "train_config", "text_base_digest", "image_backbone_digest", "modality_gap")
-    manifest = {**{k: parent.get(k) for k in keys}, "catalog": {**parent.get("catalog", {}), "updates": [
-        *parent.get("catalog", {}).get("updates", []), {"version_parent": base, **delta.report}]},
-        "parent_version": base, "parent_metrics": parent.get("metrics", {}), "update": update,
-        "metrics": metrics, "timings": timings, "view_weights": view_weights(model.fusion, model.cfg.index_views)}
+    carried = Manifest.from_dict(parent)  # the model's facts stay the parent's
+    manifest = Manifest(
+        objective=carried.objective, model_config=carried.model_config, train_config=carried.train_config,
+        text_base_digest=carried.text_base_digest, image_backbone_digest=carried.image_backbone_digest,
+        modality_gap=carried.modality_gap,
+        catalog={**carried.catalog, "updates": [*carried.catalog.get("updates", []), {"version_parent": base, **delta.report}]},
+        parent_version=base, parent_metrics=carried.metrics, update=update, metrics=metrics, timings=timings,
+        view_weights=view_weights(model.fusion, model.cfg.index_views))
     opts = BuildOptions(catalog=delta_path or Path(""), artifacts=artifacts, publish=publish, version=version,
                         keep_versions=keep_versions, min_ann_recall=min_ann_recall)
     tune = np.load(folder / "tune_queries.npy") if (folder / "tune_queries.npy").is_file() else None

@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 
 from index.store.artifacts import ArtifactError, ArtifactStore
+from index.store.manifest import Manifest
 
 
 def make_version(store: ArtifactStore, name: str, payload: bytes = b"x") -> Path:
     with store.stage(name) as staged:
         (staged.path / "data.bin").write_bytes(payload)
-        return store.commit(staged, {"created": name})
+        return store.commit(staged, Manifest(created=name))
 
 
 def test_commit_publish_and_roll_back(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from helpers import wait_ready
 
 from index.store.artifacts import MANIFEST, ArtifactStore
 from index.store.listings import ListingStore
+from index.store.manifest import Manifest
 from service.api.app import create_app
 from service.build.pipeline import VIEW_VECTORS_AUTO_MAX, BuildOptions
 from service.serving.settings import Settings
@@ -141,8 +142,7 @@ def test_version_without_view_vectors_names_what_it_lacks(tiny_build, artifacts_
         for p in folder.iterdir():
             if p.name not in (MANIFEST, "view_vectors.npy", "slot_weights.npy"):
                 (staged.path / p.name).write_bytes(p.read_bytes())
-        store.commit(staged, {k: v for k, v in manifest.items()
-                              if k not in ("schema_version", "version", "files", "view_vectors")})
+        store.commit(staged, Manifest.from_dict({k: v for k, v in manifest.items() if k != "view_vectors"}))
     settings = Settings(artifacts=artifacts_copy, version="old", reload_poll_s=0)
     with TestClient(create_app(settings)) as c:
         wait_ready(c)
