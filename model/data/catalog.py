@@ -202,7 +202,9 @@ def parse_column_map(spec: str | Mapping[str, str] | None) -> dict[str, str]:
 # --------------------------------------------------------------------------- readers: (line, row)
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | CatalogError]]:
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | CatalogError]]:
+    """THE JSONL reader of every input (catalogs, interactions, events, judgments): (line, object),
+    or (line, CatalogError) for a line that is not UTF-8, not JSON or not an object; blank lines skipped."""
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             try:
@@ -354,7 +356,7 @@ def iter_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | CatalogE
         raise CatalogError(str(p), None, "file", f"unsupported format {suffix!r} (use {', '.join(SUPPORTED_SUFFIXES)})")
     if not p.is_file():
         raise CatalogError(str(p), None, "file", "no such file")
-    reader = {".jsonl": _read_jsonl, ".csv": _read_csv, ".parquet": _read_parquet}[suffix]
+    reader = {".jsonl": read_jsonl, ".csv": _read_csv, ".parquet": _read_parquet}[suffix]
     yield from reader(p)
 
 

@@ -17,7 +17,6 @@ relevance - lowest grade (so the lowest grade marks judged non-relevant listings
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
@@ -25,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model.data.catalog import CatalogError
+from model.data.catalog import CatalogError, read_jsonl
 
 MAX_QUERY_CHARS = 1_000
 MAX_ID_CHARS = 256  # request_id / session_id in an events log (the service writes at most 128)
@@ -84,24 +83,7 @@ class SignalReport:
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | CatalogError]]:
     if not path.is_file():
         raise CatalogError(str(path), None, "file", "no such file")
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield lineno, CatalogError(str(path), lineno, "row", f"not valid UTF-8 ({e.reason})")
-                continue
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as e:
-                yield lineno, CatalogError(str(path), lineno, "row", f"not valid JSON ({e.msg})")
-                continue
-            if not isinstance(row, dict):
-                yield lineno, CatalogError(str(path), lineno, "row", "expected a JSON object")
-                continue
-            yield lineno, row
+    return read_jsonl(path)
 
 
 def _text(row: dict[str, Any], key: str, path: Path, line: int) -> str:

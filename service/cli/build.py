@@ -105,11 +105,9 @@ def register(sub: Any) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_sample_catalog)
 
-
     s = sub.add_parser("build-index", help="train, embed, index, evaluate and publish a version")
     add_build_args(s)
     s.set_defaults(func=cmd_build_index)
-
 
     s = sub.add_parser("experiment", help="compare objectives over seeds on one split; writes OUT/report.md")
     add_build_args(s, artifacts=False)
@@ -117,7 +115,6 @@ def register(sub: Any) -> None:
     s.add_argument("--objectives", default="ft,clip,oat,pmrl")
     s.add_argument("--seeds", default="0,1,2")
     s.set_defaults(func=cmd_experiment)
-
 
     s = sub.add_parser("eval", help="evaluate a version (published or not) against judgments")
     s.add_argument("--artifacts", required=True, type=Path)

@@ -92,7 +92,6 @@ def register(sub: Any) -> None:
     s.add_argument("--run", help="run name (default: timestamp)")
     s.set_defaults(func=cmd_train)
 
-
     s = sub.add_parser("embed", help="embed shard i of n of the catalog with a run's model")
     s.add_argument("--artifacts", required=True, type=Path)
     s.add_argument("--run", required=True)
@@ -101,7 +100,6 @@ def register(sub: Any) -> None:
     s.add_argument("--no-progress", action="store_true")
     add_threads_arg(s)
     s.set_defaults(func=cmd_embed)
-
 
     s = sub.add_parser("index", help="merge a run's shards, build + tune the index, evaluate, write a version")
     s.add_argument("--artifacts", required=True, type=Path)
@@ -118,7 +116,6 @@ def register(sub: Any) -> None:
     s.add_argument("--device", help="for the query tower (tuning, evaluation); default: the run's")
     add_threads_arg(s)
     s.set_defaults(func=cmd_index)
-
 
     s = sub.add_parser("update-index", help="upsert/delete listings with the current towers; publish a new version")
     s.add_argument("--artifacts", required=True, type=Path)

@@ -119,11 +119,9 @@ def register(sub: Any) -> None:
                    help="publish a version whose gate failed (logged, recorded in its manifest)")
     s.set_defaults(func=cmd_publish)
 
-
     s = sub.add_parser("versions", help="list the versions in DIR")
     s.add_argument("--artifacts", required=True, type=Path)
     s.set_defaults(func=cmd_versions)
-
 
     s = sub.add_parser("deny", help="hide listings at once on every replica (DIR/denylist.txt)")
     s.add_argument("ids", nargs="*")
@@ -132,7 +130,6 @@ def register(sub: Any) -> None:
     s.add_argument("--remove", action="store_true", help="take the ids off the deny-list")
     s.add_argument("--list", action="store_true", help="print the deny-list")
     s.set_defaults(func=cmd_deny)
-
 
     s = sub.add_parser("gc", help="delete all but the newest N versions (never current), stale staging folders, "
                        "and deny-list ids no kept version holds")
