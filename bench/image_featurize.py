@@ -25,7 +25,10 @@ import numpy as np
 import torch
 
 from model.config import ImageConfig
-from model.encoders.image import EfficientNetLite0, ImageFeaturizer, export_onnx, load_image, weights_file
+from model.encoders.image import EfficientNetLite0, export_onnx
+from model.encoders.image_features import ImageFeaturizer
+from model.encoders.photos import load_image
+from model.encoders.weights import weights_file
 
 IKEA = Path("/work/shared/data/ikea")
 # ImageNet-1k class indices: 423 barber chair, 559 folding chair, 765 rocking chair, 857 throne;

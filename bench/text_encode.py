@@ -17,7 +17,9 @@ from collections.abc import Callable
 
 import torch
 
-from model.encoders.text import TrunkCache, encode_texts, load_text_encoder, mean_pool
+from model.encoders.text import mean_pool
+from model.encoders.weights import load_text_encoder
+from model.train.trunk import TrunkCache, encode_texts
 
 VOCAB = (
     "vintage handmade leather wool linen cotton silk ceramic wooden silver gold brass red blue navy "

@@ -41,7 +41,7 @@ def run(setting: str, pairs: int, steps: int) -> dict[str, float]:
     from model.data.catalog import load_catalog
     from model.data.interactions import load_interactions
     from model.data.views import build_view_table
-    from model.encoders.text import load_text_encoder
+    from model.encoders.weights import load_text_encoder
     from model.train.pairs import build_training_set
     from model.train.trainer import Trainer, autocast_enabled, build_trunk, seed_everything
 

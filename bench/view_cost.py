@@ -23,7 +23,7 @@ from model.config import ModelConfig, TowerConfig, TrainConfig
 from model.data.catalog import Listing
 from model.data.interactions import Interaction
 from model.data.views import build_view_table
-from model.encoders.text import load_text_encoder
+from model.encoders.weights import load_text_encoder
 from model.train.pairs import build_training_set
 from model.train.trainer import Trainer, build_trunk
 

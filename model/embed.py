@@ -14,9 +14,9 @@ import torch
 
 from model.config import IMAGE_VIEWS, TEXT_VIEWS, VIEW_TYPES
 from model.data.views import KIND_QUERY, KIND_TITLE, ViewTable
-from model.encoders.text import TrunkCache
 from model.towers import TwoTower
 from model.train.pairs import SlotTable
+from model.train.trunk import TrunkCache
 
 
 def _budget(model: TwoTower, kind: int) -> int:

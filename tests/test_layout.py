@@ -102,3 +102,18 @@ def test_benchmarks_and_tests_do_not_edit_sys_path_or_import_conftest() -> None:
             if any(n.split(".")[-1] == "conftest" for n in imports(p)):
                 offenders.append(f"{p.relative_to(ROOT)} imports a conftest")
     assert not offenders, offenders
+
+
+def test_the_served_process_never_loads_the_build() -> None:
+    """What the server process can import (from the app factory and the workers, transitively,
+    function-level imports included): no training loop, no offline evaluation, no sample data, no
+    build pipeline. The CLI shares option code with the build but imports it only in build commands."""
+    edges = project_edges()
+    seen, todo = set(), ["service.api.app", "service.serving.workers"]
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo += edges[m]
+    loaded = sorted(m for m in seen if m.startswith(("model.train", "model.eval", "model.sample", "service.build")))
+    assert not loaded, loaded

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.encoders.text import encode_texts, load_text_encoder
+from model.encoders.weights import load_text_encoder
+from model.train.trunk import encode_texts
 
 
 def unit(x: np.ndarray) -> np.ndarray:

@@ -67,7 +67,7 @@ class IkeaData:
 
 
 def load_ikea(folder: Path, image_cache: Path) -> IkeaData:
-    from model.encoders.image import ImageFeaturizer
+    from model.encoders.image_features import ImageFeaturizer
 
     listings = load_catalog(folder / "catalog.jsonl").listings
     views = build_view_table(listings)

@@ -26,7 +26,7 @@ from model.checkpoint import load_model
 from model.config import IMAGE, IMAGE_OTHER, IMAGE_VIEWS, VIEW_TYPES
 from model.data.catalog import Listing
 from model.data.views import ViewTable
-from model.encoders.text import Tokenizer
+from model.encoders.tokenizer import Tokenizer
 from model.eval.crossview import slot_embeddings
 from model.runtime.query_encoder import QueryEncoder
 from model.towers import TwoTower

@@ -17,9 +17,9 @@ import torch
 from model.config import VIEW_TYPES
 from model.data.views import ViewTable
 from model.embed import embed_slots, pooled_texts, text_slot_rows
-from model.encoders.text import TrunkCache
 from model.towers import TwoTower
 from model.train.pairs import SlotTable
+from model.train.trunk import TrunkCache
 
 
 @torch.inference_mode()

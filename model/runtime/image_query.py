@@ -35,14 +35,9 @@ import torch.nn.functional as F
 
 from model.checkpoint import load_image_heads
 from model.config import IMAGE, IMAGE_OTHER, ImageConfig
-from model.encoders.image import (
-    MAX_PIXELS,
-    ImageError,
-    ImageFeaturizer,
-    backbone_digest,
-    decode_image,
-    feature_key,
-)
+from model.encoders.image_features import ImageFeaturizer, feature_key
+from model.encoders.photos import MAX_PIXELS, ImageError, decode_image
+from model.encoders.weights import backbone_digest
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from model.checkpoint import load_query_tower
-from model.encoders.text import Tokenizer, mean_pool
+from model.encoders.text import mean_pool
+from model.encoders.tokenizer import Tokenizer
 from model.runtime.cuda_graphs import Capture, GraphedForward, GraphPlan, batch_buckets
 
 log = logging.getLogger(__name__)

@@ -21,12 +21,12 @@ from torch.nn.parallel import DistributedDataParallel
 from model.config import IMAGE_VIEWS, TEXT_VIEWS, TITLE, TrainConfig
 from model.data.views import KIND_QUERY, KIND_TITLE
 from model.embed import embed_listings, embed_query_rows
-from model.encoders.text import TrunkCache
 from model.objectives import Objective, ViewBatch, make_objective
 from model.towers import TwoTower
 from model.train.distributed import DistContext
 from model.train.negatives import mine_hard_negatives
 from model.train.pairs import TrainingSet
+from model.train.trunk import TrunkCache
 from model.train.validation import EarlyStopping, ValidationSet, exact_top, validation_metrics
 
 # Token-length buckets of the training step's text batches (the last one catches everything).

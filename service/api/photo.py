@@ -50,7 +50,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.datastructures import QueryParams
 
-from model.encoders.image import ImageError, ImageTooLarge
+from model.encoders.photos import ImageError, ImageTooLarge
 from service.api.details import like_mode, parse_fields, with_fields
 from service.api.explain import with_explain
 from service.api.routes import (

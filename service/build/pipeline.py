@@ -43,8 +43,13 @@ from model.data.interactions import Interaction, Judgments, load_interactions, l
 from model.data.views import KIND_QUERY, ViewTable, build_view_table, encoder_cuts, tags_text
 from model.devices import resolve_device
 from model.embed import embed_listings, embed_queries, view_clouds
-from model.encoders.image import ImageFeaturizer, backbone_digest
-from model.encoders.text import TrunkCache, load_text_encoder, resolve_weights_dir, text_weights_digest
+from model.encoders.image_features import ImageFeaturizer
+from model.encoders.weights import (
+    backbone_digest,
+    load_text_encoder,
+    resolve_weights_dir,
+    text_weights_digest,
+)
 from model.eval.crossview import leave_one_view_out, slot_embeddings
 from model.eval.diagnostics import modality_gap
 from model.objectives import make_objective
@@ -52,6 +57,7 @@ from model.towers import TwoTower
 from model.train.distributed import DistContext
 from model.train.pairs import TrainingSet, build_training_set, pseudo_queries
 from model.train.trainer import Trainer, build_trunk, seed_everything
+from model.train.trunk import TrunkCache
 from model.train.validation import MIN_VALIDATION_QUERIES, ValidationSet, holdout_queries, normalise
 from model.view_fusion import view_weights
 from service.build.evaluation import evaluate, evaluate_modes, evaluate_rankings, exclude_training_queries

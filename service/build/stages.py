@@ -37,8 +37,8 @@ from model.data.catalog import Listing, load_catalog
 from model.data.views import build_view_table, encoder_cuts
 from model.devices import resolve_device
 from model.embed import embed_listings
-from model.encoders.image import backbone_digest
-from model.encoders.text import Tokenizer, resolve_weights_dir, text_weights_digest
+from model.encoders.tokenizer import Tokenizer
+from model.encoders.weights import backbone_digest, resolve_weights_dir, text_weights_digest
 from model.towers import TwoTower
 from model.train.distributed import DistContext, device_for, dist_backend
 from model.train.pairs import build_slots

@@ -34,8 +34,8 @@ from index.tune import tune_and_check
 from model.checkpoint import load_model
 from model.data.catalog import CatalogError, Listing, iter_rows, load_catalog, parse_column_map
 from model.devices import resolve_device
-from model.encoders.image import backbone_digest
-from model.encoders.text import Tokenizer
+from model.encoders.tokenizer import Tokenizer
+from model.encoders.weights import backbone_digest
 from model.view_fusion import view_weights
 from service.build.pipeline import (
     BuildOptions,

@@ -139,7 +139,7 @@ def test_model_views_reproduce_the_indexed_vectors(tiny_sample: Path, tiny_build
     from model.config import IMAGE_OTHER, ImageConfig
     from model.data.catalog import load_catalog
     from model.data.views import build_view_table
-    from model.encoders.image import ImageFeaturizer
+    from model.encoders.image_features import ImageFeaturizer
 
     listings = load_catalog(tiny_sample / "catalog.jsonl").listings
     views = build_view_table(listings)

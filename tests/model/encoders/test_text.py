@@ -13,18 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.encoders.text import (
-    ALLOWED_UNUSED_KEYS,
-    BertConfig,
-    MiniLM,
-    TrunkCache,
-    encode_texts,
-    load_state_strict,
-    load_text_encoder,
-    mean_pool,
-    resolve_weights_dir,
-    text_weights_digest,
-)
+from model.encoders.text import ALLOWED_UNUSED_KEYS, BertConfig, MiniLM, load_state_strict, mean_pool
+from model.encoders.weights import load_text_encoder, resolve_weights_dir, text_weights_digest
+from model.train.trunk import TrunkCache, encode_texts
 
 TEXTS = [
     "red leather handbag",

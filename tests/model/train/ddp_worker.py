@@ -15,7 +15,9 @@ from model.config import ModelConfig, TextConfig, TowerConfig, TrainConfig
 from model.data.catalog import Listing
 from model.data.interactions import Interaction
 from model.data.views import build_view_table
-from model.encoders.text import BertConfig, Tokenizer, resolve_weights_dir
+from model.encoders.text import BertConfig
+from model.encoders.tokenizer import Tokenizer
+from model.encoders.weights import resolve_weights_dir
 from model.towers import TwoTower
 from model.train.distributed import DistContext, init_distributed, shutdown
 from model.train.pairs import build_training_set

@@ -13,7 +13,8 @@ from torch import nn
 
 from model.data.interactions import Interaction
 from model.data.views import KIND_QUERY
-from model.encoders.text import Tokenizer, resolve_weights_dir
+from model.encoders.tokenizer import Tokenizer
+from model.encoders.weights import resolve_weights_dir
 from model.train.trainer import Trainer
 from model.train.validation import EarlyStopping, ValidationSet, holdout_queries, normalise, query_unit
 

@@ -11,7 +11,8 @@ from helpers import make_data, make_trainer
 
 from model.data.interactions import Interaction
 from model.data.views import KIND_QUERY
-from model.encoders.text import Tokenizer, resolve_weights_dir
+from model.encoders.tokenizer import Tokenizer
+from model.encoders.weights import resolve_weights_dir
 from model.train.negatives import mine_hard_negatives
 from model.train.validation import exact_top
 

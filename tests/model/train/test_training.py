@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from helpers import make_data, make_trainer
 
-from model.encoders.text import MiniLM, Tokenizer, resolve_weights_dir
+from model.encoders.text import MiniLM
+from model.encoders.tokenizer import Tokenizer
+from model.encoders.weights import resolve_weights_dir
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ import yaml
 from helpers import ROOT
 
 from index.store.artifacts import ArtifactStore
-from model.encoders.text import resolve_weights_dir
+from model.encoders.weights import resolve_weights_dir
 from service.cli import main
 
 GPU_PIPELINE = ROOT / "k8s" / "overlays" / "gpu" / "pipeline" / "kustomization.yaml"

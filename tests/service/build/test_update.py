@@ -74,7 +74,7 @@ def test_unchanged_listings_keep_their_vectors_and_new_ones_use_the_current_towe
 
     from model.checkpoint import load_model
     from model.data.catalog import load_catalog
-    from model.encoders.text import Tokenizer
+    from model.encoders.tokenizer import Tokenizer
     from service.build.stages import embed_with_model
 
     res, parent, rows = updated["result"], updated["parent"], updated["rows"]
