@@ -134,6 +134,7 @@ def test_run_specs() -> None:
 # ---------------------------------------------------------------------------------- a built version
 
 
+@pytest.mark.slow
 def test_model_views_reproduce_the_indexed_vectors(tiny_sample: Path, tiny_build) -> None:
     from bench.realdata.modeleval import model_views, query_rankings
     from model.config import IMAGE_OTHER, ImageConfig

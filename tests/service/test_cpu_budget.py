@@ -157,6 +157,7 @@ def test_train_threads_option_overrides_the_budget(tmp_path: Path) -> None:
     assert got["env"]["OMP_WAIT_POLICY"] == "PASSIVE"  # a build waits passively whatever its budget
 
 
+@pytest.mark.slow
 @needs_affinity
 def test_serve_sizes_its_pools_and_splits_them_between_workers(tmp_path: Path) -> None:
     got = run_on_one_cpu(["serve", "--artifacts", "art"], tmp_path)

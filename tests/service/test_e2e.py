@@ -57,6 +57,7 @@ def test_title_queries_find_their_listing(client, tiny_sample: Path) -> None:
     assert found / len(specific) >= 0.8, (found, len(specific))
 
 
+@pytest.mark.slow
 def test_trained_beats_untrained_and_shuffled_control(tiny_build, tiny_builder, tiny_sample: Path, tmp_path: Path) -> None:
     from service.build.evaluate import evaluate_version
 

@@ -64,6 +64,7 @@ def _pooled(model, tok, texts, max_len):
 # ---- parity with sentence-transformers ------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_len", [256, 24])
 def test_parity_with_sentence_transformers(encoder, max_len):
     model, tok, _ = encoder

@@ -189,6 +189,7 @@ def test_weight_quantisers_against_naive_dequantisation() -> None:
         quantize_blocks(w[:40], 32)
 
 
+@pytest.mark.slow
 def test_onnx_fp32_backend_matches_torch(artifact, reference) -> None:
     queries, ref, _ = reference
     enc = make(artifact, backend="onnx", threads=1)

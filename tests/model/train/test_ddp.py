@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from model.train.distributed import DistContext
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["ft", "clip"])
 def test_two_ranks_equal_one_process(objective: str, tmp_path: Path) -> None:
     torch.set_num_threads(1)

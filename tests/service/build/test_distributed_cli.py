@@ -109,6 +109,7 @@ def shard_vectors(artifacts: Path, run: str, name: str = "0-of-1") -> np.ndarray
     return np.load(artifacts / "runs" / run / "shards" / f"{name}.npy")  # (N, d) float32
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_train_the_one_process_model(runs) -> None:
     ddp = runs["ddp"]
     two, one = shard_vectors(ddp, "two"), shard_vectors(ddp, "one")

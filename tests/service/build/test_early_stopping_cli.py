@@ -26,6 +26,7 @@ def _ids(tiny_sample: Path) -> set[str]:
     return {json.loads(line)["id"] for line in (tiny_sample / "catalog.jsonl").read_text().splitlines()}
 
 
+@pytest.mark.slow
 def test_held_out_queries_stop_the_run_and_the_best_epoch_is_kept(tiny_sample: Path, tiny_build, tmp_path: Path) -> None:
     art = tmp_path / "art"
     argv = _common(tiny_sample, tiny_build, art) + ["--epochs", "4", "--patience", "1", "--validation-fraction",
@@ -49,6 +50,7 @@ def test_held_out_queries_stop_the_run_and_the_best_epoch_is_kept(tiny_sample: P
     assert cfg["patience"] == 1 and cfg["hard_negatives"] == 1
 
 
+@pytest.mark.slow
 def test_a_validation_judgments_file_is_scored_and_its_queries_leave_training(tiny_sample: Path, tiny_build,
                                                                              tmp_path: Path) -> None:
     interactions, _ = load_interactions(tiny_sample / "interactions.jsonl", _ids(tiny_sample))
@@ -87,6 +89,7 @@ def test_patience_without_any_shopper_query_is_refused(tiny_sample: Path, tiny_b
     assert "early stopping needs validation queries" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_validation_judgments_without_interactions_validate_a_pseudo_query_build(tiny_sample: Path, tiny_build,
                                                                                tmp_path: Path) -> None:
     interactions, _ = load_interactions(tiny_sample / "interactions.jsonl", _ids(tiny_sample))

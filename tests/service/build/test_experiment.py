@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from service.build.experiment import run_experiment
 from service.build.pipeline import build_options
 from service.build.report import summarise
 
 
+@pytest.mark.slow
 def test_experiment_table_report_and_resume(tiny_sample: Path, tiny_build, tmp_path: Path, monkeypatch) -> None:
     base = build_options(catalog=tiny_sample / "catalog.jsonl", artifacts=tmp_path, interactions=tiny_sample / "interactions.jsonl",
                          judgments=tiny_sample / "judgments.jsonl", epochs=1, batch_size=64, device="cpu", progress=False,

@@ -7,10 +7,13 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from index.store.artifacts import ArtifactStore
 from service.cli import main
 
 
+@pytest.mark.slow
 def test_build_below_threshold_exits_non_zero_and_keeps_current(
         tiny_build, tiny_sample: Path, tmp_path: Path, capsys) -> None:
     flag = "--min-recall-at-100"  # (--min-ann-recall: tests/service/build/test_stages.py)

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from index.tune import measure_recall, split_queries
 from service.build.pipeline import BuildOptions, evaluate_stage, gate, index_stage, load_inputs
@@ -49,6 +50,7 @@ def test_every_judged_query_in_training_measures_nothing_and_fails_the_gate(tmp_
     assert any("recall@100 is NaN" in f for f in gate(metrics, opts))
 
 
+@pytest.mark.slow
 def test_build_report_counts_training_queries_and_metrics_exclude_them(
         tiny_build, tiny_sample: Path, tmp_path: Path, capsys) -> None:
     rows = [json.loads(line) for line in (tiny_sample / "judgments.jsonl").read_text().splitlines()]

@@ -42,6 +42,7 @@ def write(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
 def test_build_index_indexes_real_rows_and_reports_cuts(tmp_path: Path, capsys, suffix: str) -> None:
     catalog = write(tmp_path / f"catalog{suffix}", catalog_rows())

@@ -51,6 +51,7 @@ def staged(tiny_sample: Path, tiny_build, tmp_path_factory: pytest.TempPathFacto
     return {"single": single, "run": run, "art": art, "sharded": sharded}
 
 
+@pytest.mark.slow
 def test_run_folder_holds_model_options_and_report(staged) -> None:
     run = staged["run"]
     assert {p.name for p in run.path.iterdir()} >= {"model.safetensors", "tokenizer.json", "options.json", "train.json"}
@@ -84,6 +85,7 @@ def test_two_shards_equal_the_one_process_build(staged) -> None:
     ArtifactStore(staged["art"]).verify("two")
 
 
+@pytest.mark.slow
 def test_index_refuses_mixed_missing_and_foreign_shards(staged, tmp_path: Path) -> None:
     import shutil
 
@@ -125,6 +127,7 @@ def test_shard_ranges_cover_the_catalog_once() -> None:
             parse_shard(bad)
 
 
+@pytest.mark.slow
 def test_index_step_tunes_with_held_out_queries_and_gates(staged) -> None:
     from service.build.pipeline import GateFailed
 

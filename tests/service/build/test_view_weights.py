@@ -39,6 +39,7 @@ def built(tiny_sample: Path, tiny_build, tmp_path_factory: pytest.TempPathFactor
     return art
 
 
+@pytest.mark.slow
 def test_every_written_version_records_its_models_view_weights(built: Path) -> None:
     store = ArtifactStore(built)
     for version in ("b1", "i1", "u1"):

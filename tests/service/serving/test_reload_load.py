@@ -85,6 +85,7 @@ def two_versions(artifacts_copy: Path, tiny_build) -> tuple[Path, str, str]:
     return artifacts_copy, tiny_build.version, "v-next"
 
 
+@pytest.mark.slow
 def test_reload_under_load_slow_then_failing(two_versions, monkeypatch) -> None:
     artifacts, old, new = two_versions
     real_load = engine_mod.load_version
