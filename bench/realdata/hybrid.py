@@ -156,12 +156,13 @@ def open_catalog(label: str, folder: Path, listings: list[Any], judgments: dict[
     from index.build import load_index
     from index.lexical import META, LexicalIndex
     from index.search import FaissCpuSearcher
+    from index.store.artifacts import read_manifest
     from index.store.listings import ListingStore
     from model.data.interactions import load_judgments
     from model.runtime.query_encoder import QueryEncoder
     from service.build.pipeline import lexical_documents
 
-    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest = read_manifest(folder)
     ids = ListingStore(folder / "listings.sqlite").ids()
     if [x.id for x in listings] != ids:
         raise SystemExit(f"{folder}: its listings are not the catalog's, in order")

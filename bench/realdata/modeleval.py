@@ -20,7 +20,7 @@ import torch
 
 from index.build import load_index
 from index.search import FaissCpuSearcher
-from index.store.artifacts import ArtifactStore
+from index.store.artifacts import ArtifactStore, read_manifest
 from index.store.listings import ListingStore
 from model.checkpoint import load_model
 from model.config import IMAGE, IMAGE_OTHER, IMAGE_VIEWS, VIEW_TYPES
@@ -42,10 +42,9 @@ def version_dir(artifacts: Path, version: str) -> Path:
 
 def query_rankings(folder: Path, queries: Sequence[str], k: int = 500) -> tuple[list[list[str]], dict[str, Any]]:
     """Ranked listing ids per query through the version's query tower and index (CPU)."""
-    import json
     import time
 
-    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest = read_manifest(folder)
     encoder = QueryEncoder(folder / "model.safetensors", folder / "tokenizer.json", "cpu")
     searcher = FaissCpuSearcher(load_index(str(folder / "index.faiss")), np.load(folder / "vectors.npy", mmap_mode="r"),
                                 manifest.get("index_params"))

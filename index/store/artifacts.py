@@ -63,6 +63,19 @@ def admissible(manifest: dict[str, Any]) -> bool:
     return not gate_failures(manifest) or bool((manifest.get("gate") or {}).get("overrides"))
 
 
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """THE manifest reader: a version folder's manifest.json (schema in index/store/manifest.py),
+    its schema version checked; ArtifactError names the file otherwise."""
+    path = Path(folder) / MANIFEST
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{path}: unreadable manifest ({e})") from e
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise ArtifactError(f"{path}: schema_version {data.get('schema_version')!r} is not {SCHEMA_VERSION}")
+    return data
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -151,14 +164,7 @@ class ArtifactStore:
         return path
 
     def manifest(self, version: str) -> dict[str, Any]:
-        path = self.version_dir(version) / MANIFEST
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ArtifactError(f"{path}: unreadable manifest ({e})") from e
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise ArtifactError(f"{path}: schema_version {data.get('schema_version')!r} is not {SCHEMA_VERSION}")
-        return data
+        return read_manifest(self.version_dir(version))
 
     def verify(self, version: str) -> dict[str, Any]:
         """Check every file's sha256 against the manifest; -> the manifest, or ArtifactError."""

@@ -4,7 +4,8 @@
 `service update-index` (update.py) describe the model and its inputs (the first block below);
 `write_version` adds what the index holds (the second); `ArtifactStore.commit` adds the version
 name, the schema version and every file's sha256. Readers get the stored JSON as a dict from
-`ArtifactStore.manifest` (the one reader, which checks the schema version).
+`index.store.artifacts.read_manifest` (the one reader, which checks the schema version; also
+`ArtifactStore.manifest(version)`).
 
 A key the schema does not name cannot be written: `Manifest.from_dict` (copying a version)
 refuses it, so the writers cannot drift apart again.

@@ -125,7 +125,7 @@ def like_mode(state: ServiceState, query: str | None, mode: str | None, source: 
     one, the text is the lexical side of a hybrid search (dense or lexical would ignore one input:
     a 422 too). -> the mode to request (None: the settings' default, which must then be hybrid).
     Search by photo follows the same rule (`source="image"`: the photo's vector replaces the query's)."""
-    asked = mode or state.settings.search_mode
+    asked, _ = state.engine.request_options(mode)
     what = "the listing's" if source == "like_id" else "the photo's"
     if query is None:
         if mode not in (None, "dense"):

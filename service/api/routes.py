@@ -6,7 +6,6 @@ import asyncio
 import hmac
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Header, Request
@@ -55,11 +54,7 @@ FALLBACK = "this index version has no lexical index: answered by the dense index
 
 def search_options(state: ServiceState, mode: str | None, fusion: str | None, rrf_k: int | None,
                    weights: FusionWeights | None) -> tuple[str, FusionSpec | None]:
-    """The request's mode and fusion, defaults from the settings (422 on a bad combination).
-    Only a hybrid request carries a fusion, so dense requests share cache entries whatever weights."""
-    mode = mode or state.settings.search_mode
-    if mode != "hybrid":
-        return mode, None
+    """The request's mode and fusion, defaults applied by the engine (422 on a bad combination)."""
     changes: dict = {}
     if fusion is not None:
         changes["method"] = fusion
@@ -70,7 +65,7 @@ def search_options(state: ServiceState, mode: str | None, fusion: str | None, rr
     if weights is not None and weights.lexical is not None:
         changes["lexical_weight"] = float(weights.lexical)
     try:
-        return mode, replace(state.engine.fusion, **changes)
+        return state.engine.request_options(mode, **changes)
     except ValueError as e:
         raise InvalidRequest(str(e)) from None
 

@@ -22,7 +22,7 @@ def cmd_sample_catalog(a: argparse.Namespace) -> int:
     from model.sample.catalog import generate
 
     summary = generate(a.out, n_items=a.items, seed=a.seed)
-    print(json.dumps(summary.to_dict() if hasattr(summary, "to_dict") else summary.__dict__, indent=2, default=str))
+    print(json.dumps(summary.to_dict(), indent=2, default=str))
     return 0
 
 

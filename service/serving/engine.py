@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -326,9 +326,19 @@ class Engine:
             return ref
         return self.settings.image_base_url + quote(ref.lstrip("/"))
 
+    def request_options(self, mode: str | None, **fusion_changes: Any) -> tuple[str, FusionSpec | None]:
+        """THE place the defaults apply: a request's mode (None: settings.search_mode) and, for a
+        hybrid one, its fusion (the settings' fusion with the request's changes; ValueError on a
+        bad combination). Only a hybrid request carries a fusion, so dense requests share cache
+        entries whatever the weights."""
+        mode = mode or self.settings.search_mode
+        if mode != "hybrid":
+            return mode, None
+        return mode, replace(self.fusion, **fusion_changes)
+
     def resolve(self, r: SearchRequest, lv: LoadedVersion) -> tuple[str, FusionSpec]:
         """The mode and fusion `r` is answered with on `lv` (no lexical index: dense)."""
-        mode = r.mode or self.settings.search_mode
+        mode, _ = self.request_options(r.mode)
         if mode != "dense" and lv.lexical is None:
             mode = "dense"
         return mode, r.fusion or self.fusion

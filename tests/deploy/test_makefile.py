@@ -36,3 +36,8 @@ def test_demo_builds_the_short_schedule_and_the_stamp_names_the_extras() -> None
     assert "--epochs 2" in build
     assert "--epochs 4" in next(line for line in dry_run("demo", "DEMO_EPOCHS=4").splitlines() if "--epochs" in line)
     assert ".venv/.installed-serve-train-dev" in out
+
+
+def test_test_fast_runs_the_suite_without_the_slow_tests() -> None:
+    line = next(line for line in dry_run("test-fast").splitlines() if "pytest" in line)
+    assert "-m pytest" in line and ('-m "not slow"' in line or "-m 'not slow'" in line), line
