@@ -23,7 +23,7 @@ DEMO_EPOCHS ?= 2
 # The demo records POST /events here; `service build-index --interactions $(DEMO_EVENTS)` learns from it.
 DEMO_EVENTS ?= var/log/events.jsonl
 
-.PHONY: install demo test test-fast lint lint-deploy bench-search clean
+.PHONY: install demo test test-fast lint lint-deploy clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -77,8 +77,11 @@ def free_port() -> int:
 def start_server(artifacts: Path, port: int, workers: int, env_extra: dict[str, str],
                  cpus: str | None = None) -> subprocess.Popen:
     """`cpus` (e.g. "0"): run the server under `taskset -c cpus`, so a client pinned elsewhere does
-    not take its CPU (every thread the server starts inherits the mask)."""
-    env = {**os.environ, "SERVICE_CACHE_SIZE": "0", "SERVICE_RELOAD_POLL_S": "0", "SERVICE_LOG_LEVEL": "warning",
+    not take its CPU (every thread the server starts inherits the mask). The server runs with the
+    served images' scheduling (SERVICE_SCHED_BATCH=1, as the Dockerfiles and the ConfigMap set it)
+    unless `env_extra` or the environment says otherwise."""
+    env = {"SERVICE_SCHED_BATCH": "1", **os.environ, "SERVICE_CACHE_SIZE": "0", "SERVICE_RELOAD_POLL_S": "0",
+           "SERVICE_LOG_LEVEL": "warning",
            "SERVICE_MAX_QUEUE": "4096", "SERVICE_REQUEST_TIMEOUT_MS": "10000", **env_extra}
     exe = ROOT / ".venv/bin/service"  # the console script; a bare copy of the tree (the GPU machine) runs the module
     cmd = [*([str(exe)] if exe.exists() else [sys.executable, "-m", "service.cli"]), "serve", "--artifacts", str(artifacts), "--host", "127.0.0.1",

@@ -1,4 +1,4 @@
-"""Summarise a py-spy collapsed-stack profile of the server by stage (bench/load.py --profile).
+"""Summarise a py-spy collapsed-stack profile of the server by stage (python -m bench.load --profile).
 
     .venv/bin/python -m bench.profile_summary var/bench/results/prof/profile-c1.txt [--top 15]
 

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--settings", default=",trainable_layers=6,max_title_tokens=128,hard_negatives=1")
     a = ap.parse_args(argv)
     if not (DATA / "catalog.jsonl").is_file() or not SPLIT.is_file():
-        raise SystemExit(f"needs {DATA} and {SPLIT} (bench/realdata/homedepot.py --steps split)")
+        raise SystemExit(f"needs {DATA} and {SPLIT} (python -m bench.realdata.homedepot --steps split)")
     torch.manual_seed(0)
     rows = [run(s, a.pairs, a.steps) for s in a.settings.split(",")]
     base = rows[0]["step_s"]

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import build_tiny, copy_artifacts
 
 from service.offline import enforce_offline
 
@@ -26,18 +27,6 @@ def tiny_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def build_tiny(sample: Path, artifacts: Path, **overrides):
-    from service.build.pipeline import build_index, build_options
-
-    kw = dict(
-        catalog=sample / "catalog.jsonl", artifacts=artifacts, interactions=sample / "interactions.jsonl",
-        judgments=sample / "judgments.jsonl", objective="ft", epochs=1, batch_size=64, device="cpu",
-        progress=False, image_cache=artifacts.parent / "image-cache",
-    )
-    kw.update(overrides)
-    return build_index(build_options(**kw))
-
-
 @pytest.fixture(scope="session")
 def tiny_builder():
     """The build function, for tests that need their own variant of the tiny build."""
@@ -46,6 +35,13 @@ def tiny_builder():
 
 @pytest.fixture(scope="session")
 def tiny_build(tiny_sample: Path, tmp_path_factory: pytest.TempPathFactory):
-    """A published artifact (1 epoch of `ft`) over the tiny sample; treat it as read-only."""
+    """A published artifact (2 epochs of `ft`) over the tiny sample; treat it as read-only."""
     artifacts = tmp_path_factory.mktemp("artifacts") / "store"
     return build_tiny(tiny_sample, artifacts, epochs=2)
+
+
+@pytest.fixture
+def artifacts_copy(tiny_build, tmp_path: Path) -> Path:
+    """A private, writable copy of the tiny build's artifact folder (its version and `current`),
+    for tests that publish, deny or corrupt things."""
+    return copy_artifacts(tiny_build, tmp_path / "artifacts")

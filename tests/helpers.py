@@ -1,8 +1,9 @@
 """What several test folders share (imported as `helpers`; conftest files hold fixtures only).
 
 - `ROOT`: the repository root.
-- `wait_ready`, `clone_version`: an in-process app until /readyz answers 200; another committed
-  version with the same files.
+- `wait_ready`, `clone_version`, `copy_artifacts`: an in-process app until /readyz answers 200;
+  another committed version with the same files; a private writable copy of a build's folder.
+- `build_tiny`: `build_index` over the tiny sample (the session's `tiny_build`, and variants).
 - `serve`, `Server`: `service serve` as a real subprocess on a free loopback port (the tests that
   need a server the way Kubernetes runs it: shutdown, the browser test).
 - `make_data`, `make_trainer`: a tiny generated training set and a Trainer over a 2-layer BERT.
@@ -11,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -142,3 +144,23 @@ def make_trainer(objective: str, data, tokenizer, seed: int = 0) -> Trainer:
     tcfg = TrainConfig(objective=objective, batch_size=16, epochs=2, seed=seed, n_prototypes=4, sinkhorn_iters=10, amp=False)
     trunk = build_trunk(model, tokenizer, data, torch.device("cpu"), False)
     return Trainer(model, data, trunk, tcfg, torch.device("cpu"))
+
+
+def copy_artifacts(build, dst: Path) -> Path:
+    """A private, writable copy of `build`'s artifact folder (its version and `current`)."""
+    src = build.path.parent.parent
+    shutil.copytree(src / "versions" / build.version, dst / "versions" / build.version)
+    shutil.copyfile(src / "current", dst / "current")
+    return dst
+
+
+def build_tiny(sample: Path, artifacts: Path, **overrides):
+    from service.build.pipeline import build_index, build_options
+
+    kw = dict(
+        catalog=sample / "catalog.jsonl", artifacts=artifacts, interactions=sample / "interactions.jsonl",
+        judgments=sample / "judgments.jsonl", objective="ft", epochs=1, batch_size=64, device="cpu",
+        progress=False, image_cache=artifacts.parent / "image-cache",
+    )
+    kw.update(overrides)
+    return build_index(build_options(**kw))

@@ -1,6 +1,6 @@
 """The frozen-MiniLM zero-shot baseline: mean-pooled all-MiniLM-L6-v2, no projection, cosine.
 
-`FrozenMiniLM.encode` returns the UNnormalised mean-pooled vectors (model/encoders/text.py encode_texts, the
+`FrozenMiniLM.encode` returns the UNnormalised mean-pooled vectors (model/train/trunk.py encode_texts, the
 same encoder and tokenizer the towers start from) and caches them as .npy under a folder, keyed by
 the texts and the token budget, so a rerun (or a second table) does not encode twice.
 `untrained_projection` is the model family at 0 epochs: the same vectors through the random

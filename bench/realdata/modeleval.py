@@ -23,7 +23,7 @@ from index.search import FaissCpuSearcher
 from index.store.artifacts import ArtifactStore, read_manifest
 from index.store.listings import ListingStore
 from model.checkpoint import load_model
-from model.config import IMAGE, IMAGE_OTHER, IMAGE_VIEWS, VIEW_TYPES
+from model.config import IMAGE, IMAGE_OTHER, IMAGE_VIEWS
 from model.data.catalog import Listing
 from model.data.views import ViewTable
 from model.encoders.tokenizer import Tokenizer
@@ -101,10 +101,6 @@ def model_views(folder: Path, views: ViewTable, features: np.ndarray, ok: np.nda
     with torch.inference_mode():
         fused = model.fuse(z, torch.from_numpy(slots.present), torch.tensor(slots.types)).numpy()  # (n, d)
     return ModelViews(model, z, slots.present, slots.rows, slots.types, fused)
-
-
-def view_names() -> tuple[str, ...]:
-    return VIEW_TYPES
 
 
 def listing_ids(listings: Sequence[Listing]) -> list[str]:

@@ -60,11 +60,6 @@ class _TextOnly(HTMLParser):
             self.parts.append(data)
 
 
-def has_markup(text: str) -> bool:
-    """True when `text` holds an HTML tag or entity (what `strip_html` would change)."""
-    return bool(_TAG.search(text) or _ENTITY.search(text))
-
-
 def strip_html(text: str) -> str:
     """HTML fragment -> its text (tags stripped, entities unescaped); whitespace is left as it is."""
     if _TAG.search(text):

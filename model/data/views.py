@@ -113,7 +113,7 @@ def build_view_table(listings: Sequence[Listing], texts: TextTable | None = None
 def encoder_cuts(views: ViewTable, tokenizer: Any, cfg: TextConfig) -> dict[str, dict[str, int]]:
     """Per text view: its token budget, how many listings have that view, and how many of them hold
     more tokens than the budget (the encoder sees the first tokens only; BM25 and the stored
-    record keep the whole text). `tokenizer` is a model.encoders.text.Tokenizer."""
+    record keep the whole text). `tokenizer` is a model.encoders.tokenizer.Tokenizer."""
     out: dict[str, dict[str, int]] = {}
     for col, name, budget in ((0, "title", cfg.max_title_tokens), (1, "description", cfg.max_text_tokens),
                               (2, "tags", cfg.max_text_tokens)):

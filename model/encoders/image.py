@@ -13,7 +13,6 @@ packages, which the project does not ship; onnxruntime runs it ~3.5x faster than
 from __future__ import annotations
 
 import copy
-import logging
 import os
 
 import numpy as np
@@ -22,8 +21,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.runtime.onnx_proto import GraphBuilder
-
-log = logging.getLogger(__name__)
 
 # EfficientNet-Lite0 stages, (expand, kernel, stride, in, out, repeats): EfficientNet-B0's table with
 # squeeze-excite removed, ReLU6 instead of swish, stem and head unscaled (quantisation-friendly).

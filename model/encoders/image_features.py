@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -19,9 +20,11 @@ import numpy as np
 import torch
 
 from model.config import ImageConfig
-from model.encoders.image import FEATURE_DIM, EfficientNetLite0, export_onnx, log
+from model.encoders.image import FEATURE_DIM, EfficientNetLite0, export_onnx
 from model.encoders.photos import MAX_PIXELS, PREPROCESS_VERSION, ImageError, _decode, _read
 from model.encoders.weights import backbone_digest, weights_file
+
+log = logging.getLogger(__name__)
 
 
 def feature_key(cfg: ImageConfig) -> str:

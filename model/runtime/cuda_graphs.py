@@ -57,7 +57,7 @@ class GraphPlan:
 
     # Every batch size the micro-batcher can form maps to one of these (max_batch is the last).
     batch_buckets: tuple[int, ...]
-    # The tokenizer pads to these lengths already (model/query_encoder.LENGTH_BUCKETS).
+    # The tokenizer pads to these lengths already (model/runtime/query_encoder.py LENGTH_BUCKETS).
     length_buckets: tuple[int, ...]
 
     def shape_for(self, batch: int, length: int) -> tuple[int, int] | None:

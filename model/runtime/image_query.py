@@ -1,7 +1,7 @@
 """The serving half of the photo view: a shopper's photo in, a unit vector in the listings' space out.
 
 Search by photo (POST /search/image) encodes the uploaded photo exactly as the build encoded the
-listings' photos: the same preprocessing (model/encoders/image.py `decode_image`: EXIF rotation, alpha on
+listings' photos: the same preprocessing (model/encoders/photos.py `decode_image`: EXIF rotation, alpha on
 white, shorter side to 224 px, centre crop), the same frozen EfficientNet-Lite0 backbone, then one
 of the version's TRAINED photo projections (model/towers.py `ImageHead`, read from the version's
 model.safetensors). Cross-view alignment during training puts a photo's projection next to the

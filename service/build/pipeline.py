@@ -62,7 +62,7 @@ from model.train.validation import MIN_VALIDATION_QUERIES, ValidationSet, holdou
 from model.view_fusion import view_weights
 from service.build.evaluation import evaluate, evaluate_modes, evaluate_rankings, exclude_training_queries
 
-log = logging.getLogger("service.build")
+log = logging.getLogger("service.build.pipeline")
 # Above this many listings the per-view embeddings are not all held at once (cross-view skipped).
 CROSSVIEW_MAX_ITEMS = 200_000
 # `--view-vectors auto` writes the per-view vectors (explain, service/api/explain.py) up to this many

@@ -22,7 +22,7 @@ EXAMPLES = {
                "service publish VERSION --artifacts DIR --force           # past a failed gate (recorded)",
     "versions": "service versions --artifacts DIR",
     "train": "service train --catalog var/sample/catalog.jsonl --artifacts DIR --run r1\n"
-             "torchrun --standalone --nproc-per-node 2 -m service.cli train --catalog ... --artifacts DIR --run r1",
+             "torchrun --standalone --nproc-per-node 2 -m service.cli -- train --catalog ... --artifacts DIR --run r1",
     "embed": "service embed --artifacts DIR --run r1 --shard 0/4",
     "index": "service index --artifacts DIR --run r1 --publish",
     "update-index": "service update-index --artifacts DIR --catalog-delta delta.jsonl --delete-ids gone.txt",

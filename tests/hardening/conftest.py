@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from hardening_helpers import LIMITS, TOKEN, copy_artifacts, wait_ready
+from hardening_helpers import LIMITS, TOKEN
+from helpers import copy_artifacts, wait_ready
 
 from service.api.app import create_app
 from service.serving.settings import Settings
@@ -27,8 +28,3 @@ def hard_client(hard_artifacts: Path) -> Iterator[TestClient]:
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
         wait_ready(c)
         yield c
-
-
-@pytest.fixture
-def artifacts_copy(tiny_build, tmp_path: Path) -> Path:
-    return copy_artifacts(tiny_build, tmp_path / "artifacts")

@@ -3,11 +3,6 @@ tests/deploy/deploy_helpers.py)."""
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
-from helpers import wait_ready  # noqa: F401 - re-exported for the hardening tests
-
 TOKEN = "hardening-token"
 LIMITS = dict(max_k=50, max_offset=100, max_query_chars=64, max_body_bytes=4096, max_filter_values=8)
 
@@ -16,11 +11,3 @@ def leaks(text: str, roots: tuple[str, ...]) -> list[str]:
     """Internal details a response must never show: a traceback, a Python frame, a server path."""
     found = [m for m in ("Traceback", 'File "', '.py"', "site-packages") if m in text]
     return found + [r for r in roots if r and r != "/" and r in text]
-
-
-def copy_artifacts(tiny_build, dst: Path) -> Path:
-    """A private, writable copy of the tiny build's artifact folder (its version and `current`)."""
-    src = tiny_build.path.parent.parent
-    shutil.copytree(src / "versions" / tiny_build.version, dst / "versions" / tiny_build.version)
-    shutil.copyfile(src / "current", dst / "current")
-    return dst

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from hardening_helpers import copy_artifacts, leaks, wait_ready
-from helpers import ROOT, clone_version
+from hardening_helpers import leaks
+from helpers import ROOT, clone_version, copy_artifacts, wait_ready
 
 from index.store import artifacts as artifacts_mod
 from index.store.artifacts import MANIFEST, ArtifactError, ArtifactStore, write_atomic

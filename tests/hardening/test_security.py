@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from hardening_helpers import TOKEN, leaks, wait_ready
-from helpers import ROOT
+from hardening_helpers import TOKEN, leaks
+from helpers import ROOT, wait_ready
 
 from service.api.app import create_app
 from service.serving.settings import Settings
