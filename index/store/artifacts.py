@@ -155,6 +155,14 @@ class ArtifactStore:
             raise ArtifactError(f"{self.current_file}: not UTF-8 text (it should hold a version name)") from None
         return name or None
 
+    def verified(self, version: str | None, missing: str) -> tuple[str, dict[str, Any], Path]:
+        """`version`, else the current one, checked (every checksum): -> (name, manifest, folder).
+        No version and nothing current: ArtifactError(`missing`, what the caller should do)."""
+        version = version or self.current_version()
+        if version is None:
+            raise ArtifactError(missing)
+        return version, self.verify(version), self.version_dir(version)
+
     def version_dir(self, version: str) -> Path:
         if not VERSION_RE.match(version):
             raise ArtifactError(f"version: {version!r} is not a valid version name")

@@ -10,23 +10,17 @@ import itertools
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.config import TrainConfig
 from model.objectives.base import Objective, ViewBatch, aux_mask, primary_mask
 from model.objectives.contrastive import info_nce
-from model.objectives.ft import pair_nce
-from model.objectives.transport import FactoredTransport
+from model.objectives.ft import FactorizedTransport, pair_nce
 
 
-class FactorizedTransportAllPairs(Objective):
+class FactorizedTransportAllPairs(FactorizedTransport):
+    """ft's parameters (its two factored transports, same names and seeds), every present view
+    encoded (no sampling: the base Objective's policy) and every pair of views aligned."""
+
     name = "ft-allpairs"
-
-    def __init__(self, dim: int, cfg: TrainConfig):
-        super().__init__()
-        self.cross_view_weight = cfg.cross_view_weight
-        self.transport_weight = cfg.transport_weight
-        kw = dict(n_prototypes=cfg.n_prototypes, eps=cfg.sinkhorn_eps, n_iters=cfg.sinkhorn_iters)
-        self.items_ot = FactoredTransport(dim, seed=cfg.seed, **kw)
-        self.views_ot = FactoredTransport(dim, seed=cfg.seed + 1, **kw)
+    select_views = Objective.select_views
 
     def forward(self, b: ViewBatch) -> tuple[Tensor, dict[str, float]]:
         fused = F.normalize(torch_einsum(b.weights, b.views), dim=-1)  # (B, d) exact m

@@ -17,7 +17,7 @@ import numpy as np
 from index.build import load_index
 from index.rank_fusion import FusionSpec
 from index.search import FaissCpuSearcher
-from index.store.artifacts import ArtifactError, ArtifactStore
+from index.store.artifacts import ArtifactStore
 from index.store.listings import ListingStore
 from model.data.interactions import load_judgments
 from model.devices import resolve_device
@@ -30,11 +30,7 @@ from service.serving.settings import Settings
 def evaluate_version(artifacts: Path, version: str | None, judgments: Path, *, device: str = "auto",
                      min_relevant: float | None = None, fusion: FusionSpec | None = None) -> dict[str, Any]:
     store = ArtifactStore(artifacts)
-    version = version or store.current_version()
-    if version is None:
-        raise ArtifactError(f"{artifacts}: no current version; pass --version")
-    manifest = store.verify(version)
-    folder = store.version_dir(version)
+    version, manifest, folder = store.verified(version, f"{artifacts}: no current version; pass --version")
     encoder = QueryEncoder(folder / "model.safetensors", folder / "tokenizer.json", str(resolve_device(device, "--device")))
     searcher = FaissCpuSearcher(load_index(str(folder / "index.faiss")), np.load(folder / "vectors.npy", mmap_mode="r"),
                                 manifest.get("index_params"))

@@ -120,11 +120,7 @@ def update_index(artifacts: Path, delta_path: Path | None = None, delete_ids: Pa
     artifacts = Path(artifacts)
     t0 = time.perf_counter()
     store = ArtifactStore(artifacts)
-    base = base or store.current_version()
-    if base is None:
-        raise ArtifactError(f"{store.current_file}: no current version to update; run build-index first")
-    parent = store.verify(base)
-    folder = store.version_dir(base)
+    base, parent, folder = store.verified(base, f"{store.current_file}: no current version to update; run build-index first")
     delta = load_delta(delta_path, delete_ids, skip_bad_rows=skip_bad_rows, images_root=images_root, columns=columns)
     dev = resolve_device(device)
     model = load_model(folder / "model.safetensors", dev)
