@@ -28,7 +28,7 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("response: pydantic/json", ("pydantic", "fastapi/encoders.py", "json/", "fastapi/routing.py:serialize")),
     ("routing: fastapi/starlette", ("fastapi/", "starlette/")),
     ("service: middleware, routes, cache, logs", ("service/api/middleware.py", "service/api/disconnect.py",
-                                                  "service/api/routes.py", "service/serving/cache.py", "service/serving/querylog.py",
+                                                  "service/api/search.py", "service/serving/cache.py", "service/serving/querylog.py",
                                                   "service/serving/logctx.py", "logging/", "uuid.py")),
     ("metrics: prometheus", ("prometheus_client",)),
     ("http: uvicorn/httptools", ("uvicorn/", "httptools", "h11")),

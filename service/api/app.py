@@ -23,11 +23,13 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.api.admin import router as admin_router
 from service.api.batch import router as batch_router
 from service.api.disconnect import CancelOnDisconnect
 from service.api.docs_ui import add_offline_docs
 from service.api.errors import error_response, http_error_code, status_of, validation_message
 from service.api.events import router as events_router
+from service.api.health import router as health_router
 from service.api.images import ImageRefs
 from service.api.images import router as images_router
 from service.api.listings import router as listings_router
@@ -36,7 +38,7 @@ from service.api.photo import PATH as PHOTO_PATH
 from service.api.photo import body_limit as photo_body_limit
 from service.api.photo import make_photo_runner
 from service.api.photo import router as photo_router
-from service.api.routes import router
+from service.api.search import router as search_router
 from service.api.state import ServiceState
 from service.api.ui import router as ui_router
 from service.serving.batcher import MicroBatcher
@@ -162,7 +164,9 @@ def create_app(settings: Settings) -> FastAPI:
     )
     add_offline_docs(app)  # /docs and /redoc with local assets (FastAPI's default loads them from a CDN)
     app.state.svc = state
-    app.include_router(router)
+    app.include_router(search_router)  # /search
+    app.include_router(health_router)  # /healthz, /readyz, /metrics
+    app.include_router(admin_router)  # /admin/reload, /admin/deny
     app.include_router(batch_router)  # POST /search/batch
     app.include_router(photo_router)  # POST /search/image: search by photo (service/api/photo.py)
     app.include_router(listings_router)  # GET /listings/{id}, /listings/{id}/similar

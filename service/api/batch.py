@@ -2,7 +2,7 @@
 
 `{"searches": [<POST /search body>, ...]}`, at most `max_batch_queries` (413 above; the body is
 also under `max_body_bytes`). Each search is validated and answered exactly as POST /search
-answers it (service/api/routes.py `answer_body`: limits, like_id, fields, the result cache), and
+answers it (service/api/search.py `answer_body`: limits, like_id, fields, the result cache), and
 carries the status that request would have had: 200 with its results, or its error body (422,
 404, 429, 504, ...) with that status, so one bad search never fails the others. All of them are
 submitted to the micro-batcher at once and gathered, so they share one encoder call (up to
@@ -24,8 +24,8 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from service.api.errors import error_item, status_of, validation_message
-from service.api.routes import ERRORS, answer_body
 from service.api.schemas import ErrorResponse, SearchBatchBody, SearchBatchResponse, SearchBody
+from service.api.search import ERRORS, answer_body
 from service.api.state import ServiceState, State
 from service.serving.errors import NotReady, PayloadTooLarge, ServiceError, public_message
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from service.api.routes import check_query
 from service.api.schemas import ErrorResponse, EventBody, EventsAccepted, EventsBody
+from service.api.search import check_query
 from service.api.state import ServiceState, State
 from service.serving.errors import InvalidRequest, NotFound, Overloaded, PayloadTooLarge
 

@@ -2,7 +2,7 @@
 
 Similar listings are a /search whose query vector is the listing's stored fused vector (the
 version's vectors.npy row) instead of an encoded text: the same request type, result cache,
-micro-batcher, filters, pages and deny-list (service/api/routes.py `run_search`), the listing itself
+micro-batcher, filters, pages and deny-list (service/api/search.py `run_search`), the listing itself
 left out. An id the served version does not hold, or one on the deny-list, is 404.
 POST /search takes the same as `like_id` (service/api/details.py `like_mode`).
 """
@@ -13,7 +13,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from service.api.details import find_listing, listing_response, parse_fields, with_fields
-from service.api.routes import (
+from service.api.schemas import ErrorResponse, ListingResponse, SearchResponse, SimilarQuery, query_parameters
+from service.api.search import (
     ERRORS,
     json_response,
     parse_search_query,
@@ -21,7 +22,6 @@ from service.api.routes import (
     run_search,
     to_request,
 )
-from service.api.schemas import ErrorResponse, ListingResponse, SearchResponse, SimilarQuery, query_parameters
 from service.api.state import ServiceState
 from service.serving.errors import NotReady
 

@@ -3,7 +3,7 @@
 The shopper's photo is encoded by the version's photo encoder (model/runtime/image_query.py: the frozen
 EfficientNet-Lite0 backbone, then one of the trained photo heads) and its unit vector searches the
 same fused index as a text query, through the same path as `/search` and more like this
-(service/api/routes.py `run_search` -> the micro-batcher -> `Engine.search_batch`): filters, pages,
+(service/api/search.py `run_search` -> the micro-batcher -> `Engine.search_batch`): filters, pages,
 the deny-list, `fields`, `explain`, the error body, the request id and the per-route metrics are
 those of `/search`. The photo's vector replaces the query's as `like_id`'s does (details.py
 `like_mode`): a photo alone is a **dense** search (`"mode": "dense"`; lexical or hybrid asked for
@@ -53,15 +53,6 @@ from starlette.datastructures import QueryParams
 from model.encoders.photos import ImageError, ImageTooLarge
 from service.api.details import like_mode, parse_fields, with_fields
 from service.api.explain import with_explain
-from service.api.routes import (
-    ERRORS,
-    json_response,
-    parse_search_query,
-    query_filters,
-    run_search,
-    search_options,
-    to_request,
-)
 from service.api.schemas import (
     ErrorResponse,
     FusionWeights,
@@ -70,6 +61,15 @@ from service.api.schemas import (
     SearchFilters,
     SearchResponse,
     query_parameters,
+)
+from service.api.search import (
+    ERRORS,
+    json_response,
+    parse_search_query,
+    query_filters,
+    run_search,
+    search_options,
+    to_request,
 )
 from service.api.state import ServiceState
 from service.serving.engine import SearchRequest

@@ -53,10 +53,20 @@ def test_admin_needs_the_exact_token(hard_client: TestClient, auth: str | None) 
     assert TOKEN not in r.text
 
 
+def test_admin_auth_runs_before_the_body_is_read(hard_client: TestClient) -> None:
+    """The admin-auth dependency answers first: without the token a malformed body is a 401, not a
+    422 that would describe the route's body; with it, the same body is the 422."""
+    for body in ({"ids": "not-a-list"}, {"unknown": 1}, None):
+        r = hard_client.post("/admin/deny", json=body)
+        assert r.status_code == 401 and r.json()["error"] == "Unauthorized", (body, r.status_code, r.text)
+        ok = hard_client.post("/admin/deny", json=body, headers={"authorization": f"Bearer {TOKEN}"})
+        assert ok.status_code == 422, (body, ok.status_code, ok.text)
+
+
 def test_admin_token_is_compared_in_constant_time(hard_client: TestClient, monkeypatch) -> None:
     import hmac
 
-    from service.api import routes
+    from service.api import admin
 
     calls: list[tuple[bytes, bytes]] = []
     real = hmac.compare_digest
@@ -65,7 +75,7 @@ def test_admin_token_is_compared_in_constant_time(hard_client: TestClient, monke
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(routes.hmac, "compare_digest", spy)
+    monkeypatch.setattr(admin.hmac, "compare_digest", spy)
     assert hard_client.post("/admin/deny", json={"ids": ["nobody"]},
                             headers={"authorization": "Bearer guess"}).status_code == 401
     ok = hard_client.post("/admin/deny", json={"ids": ["nobody"], "remove": True},

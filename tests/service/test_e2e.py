@@ -246,7 +246,7 @@ def test_eval_headline_is_the_served_mode(tiny_build, tiny_sample: Path, capsys,
 
 def test_get_filter_values_keep_a_known_name_with_a_comma_whole() -> None:
     from index.filters import FilterColumns
-    from service.api.routes import split_values
+    from service.api.search import split_values
 
     cols = FilterColumns.from_rows(["Tables, desks", "mug"], [1.0, 2.0], [{"fabric": "cotton, linen"}, {}])
     assert split_values(["Tables, desks", "mug,vase"], cols.category_vocab.__contains__) == \

@@ -1,30 +1,25 @@
-"""HTTP routes: /search (POST and GET), /healthz, /readyz, /metrics, /admin/reload, /admin/deny."""
+"""POST and GET /search, and what every search route shares: limits, options, filters, `run_search`
+(the cache, the micro-batcher, the query log), `answer_body`."""
 
 from __future__ import annotations
 
-import asyncio
-import hmac
 import time
 from collections.abc import Callable
-from typing import Annotated, TypeVar
+from typing import TypeVar
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import QueryParams
 
 from index.filters import Filter, norm
 from index.rank_fusion import FusionSpec
-from index.store import denylist
-from index.store.artifacts import GateRefused
 from service.api.details import ATTR_PREFIX, find_listing, like_mode, parse_fields, with_fields
 from service.api.explain import with_explain
 from service.api.schemas import (
-    DenyBody,
     ErrorResponse,
     FusionWeights,
-    ReloadBody,
     SearchBody,
     SearchFilters,
     SearchHit,
@@ -36,12 +31,8 @@ from service.api.state import ServiceState, State
 from service.serving.cache import search_cached
 from service.serving.engine import SearchRequest
 from service.serving.errors import (
-    AdminDisabled,
     InvalidRequest,
     NotReady,
-    ReloadFailed,
-    Unauthorized,
-    public_message,
 )
 from service.serving.logctx import request_id_var
 
@@ -236,89 +227,3 @@ def json_response(answer: SearchResponse) -> Response:
     """Serialised once here: a returned Response skips FastAPI's second validation of the model
     (`response_model` stays on the routes for the OpenAPI schema)."""
     return Response(answer.model_dump_json(exclude_none=True), media_type="application/json")
-
-
-@router.get("/healthz")
-async def healthz() -> dict[str, str]:
-    """Liveness: the process and its event loop answer."""
-    return {"status": "alive"}
-
-
-@router.get("/readyz", responses={503: {"model": ErrorResponse}})
-async def readyz(state: State) -> JSONResponse:
-    """Readiness: model and index loaded and warmed, not shutting down."""
-    engine = state.engine
-    if not state.life.accepting:
-        reason = public_message(state.life.not_ready_reason(), state.settings.artifacts)
-        return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
-    lv = engine.current
-    return JSONResponse({
-        "status": "ready",
-        "model_version": lv.model_version,
-        "index_version": lv.version,
-        "items": lv.n_items,
-        "placement": {"encoder": str(lv.encoder.device), "index": lv.searcher.placement},
-        "encoder_runtime": lv.encoder.describe,  # e.g. cpu/int8, cuda/torch+graphs
-        "index_key": lv.manifest.get("index_key"),
-        # ANN recall tuned at build (CPU index) and measured at load on the index as placed
-        "ann_recall": lv.ann_recall,
-        "search_modes": {"default": state.settings.search_mode,
-                         "available": ["dense", "lexical", "hybrid"] if lv.lexical is not None else ["dense"],
-                         "lexical_index": lv.lexical is not None,
-                         **({} if lv.lexical is not None else {"fallback": FALLBACK})},
-        # POST /search/image: whether this version can encode a photo, on what, and its default head
-        "photo_search": ({"available": True, "runtime": lv.photo.describe, "default_head": state.settings.image_head}
-                         if lv.photo is not None else {"available": False, "reason": lv.photo_error}),
-        "last_reload_error": engine.last_reload_error and public_message(engine.last_reload_error,
-                                                                          state.settings.artifacts),
-        # following DIR/current: null, or why its last poll did not reach the version it names
-        "follow_error": state.life.follow_error and public_message(state.life.follow_error, state.settings.artifacts),
-    })
-
-
-@router.get("/metrics", response_class=PlainTextResponse)  # documents text/plain in the OpenAPI schema
-async def metrics(state: State) -> Response:
-    state.metrics.queue_depth.set(state.batcher.depth)
-    return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
-
-
-def check_admin(state: ServiceState, authorization: str | None) -> None:
-    token = state.settings.admin_token
-    if token is None:
-        raise AdminDisabled("not found")
-    given = (authorization or "").removeprefix("Bearer ").strip()
-    if not authorization or not authorization.startswith("Bearer ") or not hmac.compare_digest(
-        given.encode(), token.get_secret_value().encode()
-    ):
-        raise Unauthorized("a valid bearer token is required")
-
-
-@router.post("/admin/reload", include_in_schema=True, responses={401: {"model": ErrorResponse},
-                                                                  409: {"model": ErrorResponse}})
-async def admin_reload(state: State, body: ReloadBody | None = None,
-                       authorization: Annotated[str | None, Header()] = None) -> dict[str, str]:
-    check_admin(state, authorization)
-    try:
-        lv = await asyncio.to_thread(state.life.gated_reload, body.version if body else None,
-                                     bool(body and body.force), "POST /admin/reload")
-    except GateRefused as e:
-        raise ReloadFailed(f"reload refused, still serving the previous version: {e} "
-                           '(send "force": true to load it anyway; recorded in its manifest)') from None
-    except Exception as e:  # noqa: BLE001 - the old version keeps serving
-        raise ReloadFailed(f"reload failed, still serving the previous version: {e}") from None
-    return {"status": "reloaded", "index_version": lv.version, "model_version": lv.model_version}
-
-
-@router.post("/admin/deny", include_in_schema=True, responses={401: {"model": ErrorResponse}})
-async def admin_deny(state: State, body: DenyBody,
-                     authorization: Annotated[str | None, Header()] = None) -> dict[str, str | int]:
-    """Hide listings now (sold, removed): written to DIR/denylist.txt, so every replica follows."""
-    check_admin(state, authorization)
-    path = denylist.denylist_path(state.settings.artifacts)
-    try:
-        ids = await asyncio.to_thread(denylist.update, path, () if body.remove else body.ids,
-                                      body.ids if body.remove else ())
-    except ValueError as e:
-        raise InvalidRequest(f"ids: {e}") from None
-    await asyncio.to_thread(state.engine.refresh_denylist)
-    return {"status": "ok", "denied": len(ids), "generation": state.engine.deny_generation}
