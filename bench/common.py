@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import random
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,6 +42,15 @@ def percentiles_ms(seconds: Sequence[float]) -> dict[str, float]:
     a = np.asarray(seconds, dtype=np.float64) * 1e3
     return {f"p{p}": round(float(np.percentile(a, p)), 3) for p in (50, 95, 99)} | {
         "mean": round(float(a.mean()), 3), "n": int(a.size)}
+
+
+def invocation() -> list[str]:
+    """The command line that reruns this benchmark: `python -m bench.NAME args` (how benches run)."""
+    import __main__
+
+    spec = getattr(__main__, "__spec__", None)
+    module = spec.name if spec is not None else None
+    return [sys.executable, *(["-m", module] if module else [sys.argv[0]]), *sys.argv[1:]]
 
 
 def machine() -> dict[str, object]:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import machine, percentiles_ms
+from bench.common import invocation, machine, percentiles_ms
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path("/work/shared/data/homedepot")
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                        lambda rs, full=full: full[rs])
             times[f"fuse_{method}"].append(time.perf_counter() - t)
     result = {
-        "command": " ".join([sys.executable, *sys.argv]), "machine": machine(), "documents": source,
+        "command": " ".join(invocation()), "machine": machine(), "documents": source,
         "items": a.items, "queries": len(queries), "candidates": a.candidates, "build_s": round(build_s, 2),
         "index_mib": round(index_bytes / 2**20, 1), "vocab": lex.describe()["vocab"],
         "matching_docs_per_query": {"p50": float(np.median(matched)), "p99": float(np.percentile(matched, 99))},

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import load_queries, machine, percentiles_ms
+from bench.common import invocation, load_queries, machine, percentiles_ms
 from bench.load import free_port, scrape, stage_means, start_server, stop_server, wait_ready
 from bench.realdata.common import DATA, OUT, require
 
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     args.heads = [h for h in args.heads.split(",") if h]
     args.artifacts, args.sample, args.out = args.artifacts.resolve(), args.sample.resolve(), args.out.resolve()
-    print("$ " + " ".join([sys.executable, *sys.argv]), flush=True)
+    print("$ " + " ".join(invocation()), flush=True)
     results: list[dict[str, Any]] = []
     parts = {"sample": part_sample, "latency": part_latency, "ikea": part_ikea}
     for name in args.parts.split(","):

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import machine
+from bench.common import invocation, machine
 from bench.realdata.common import markdown_table, setup_logging, show_command, with_ci
 from bench.realdata.homedepot import data_paths
 
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="leave the sample out (the fusion is then chosen on homedepot's validation alone)")
     a = ap.parse_args(argv)
     setup_logging()
-    show_command([sys.executable, *sys.argv])
+    show_command(invocation())
     from bench.realdata.modeleval import version_dir
     from bench.realdata.scoring import paired_difference, score_rankings
     from bench.realdata.split import MIN_RELEVANT

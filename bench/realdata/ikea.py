@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.common import machine
+from bench.common import invocation, machine
 from bench.realdata.common import (
     DATA,
     OUT,
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--redo", default="", help="steps to recompute even if cached (comma-separated names)")
     a = ap.parse_args(argv)
     setup_logging()
-    print("$ " + " ".join([sys.executable, *sys.argv]), flush=True)
+    print("$ " + " ".join(invocation()), flush=True)
     p = data_paths()
     steps = Steps(p["out"], a.redo.split(","))
     want = set(a.steps.split(","))
