@@ -41,6 +41,9 @@ class ImageHead(nn.Module):
 class TwoTower(nn.Module):
     def __init__(self, cfg: ModelConfig, bert: BertConfig):
         super().__init__()
+        if not 0 <= cfg.text.trainable_layers <= bert.n_layers:
+            raise ValueError(f"trainable_layers (--trainable-layers): {cfg.text.trainable_layers} is not within "
+                             f"[0, {bert.n_layers}] (the text encoder has {bert.n_layers} layers)")
         self.cfg = cfg
         self.bert_config = bert
         d, h = cfg.tower.dim, bert.hidden

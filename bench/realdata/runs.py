@@ -22,7 +22,8 @@ BUILD_KEYS = {"epochs": int, "batch_size": int, "trainable_layers": int, "dim": 
 # Training settings without a BuildOptions field of their own go through train_overrides.
 TRAIN_KEYS = frozenset(f.name for f in dataclasses.fields(TrainConfig)) - {"objective", "epochs", "batch_size",
                                                                            "seed", "device"}
-CLI_FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "dim": "--dim", "seed": "--seed"}
+CLI_FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "dim": "--dim", "seed": "--seed",
+             "trainable_layers": "--trainable-layers"}
 
 
 @dataclass(frozen=True)
@@ -80,9 +81,8 @@ def build_run(spec: RunSpec, *, catalog: Path, artifacts: Path, interactions: Pa
         argv += [CLI_FLAGS[key], value] if key in CLI_FLAGS else []
     note = ""
     flagged = {"patience", "hard_negatives"}  # passed as CLI flags above
-    if set(spec.train) - flagged or "trainable_layers" in spec.build:
-        extra = {**{k: v for k, v in spec.train.items() if k not in flagged},
-                 **({"trainable_layers": spec.build["trainable_layers"]} if "trainable_layers" in spec.build else {})}
+    if set(spec.train) - flagged:
+        extra = {k: v for k, v in spec.train.items() if k not in flagged}
         note = f"plus BuildOptions {extra} (no CLI flag: run through bench/realdata/runs.py)"
     show_command(["nice", "-n", "10", *argv], note)
     if spec.name not in store.list_versions():

@@ -170,7 +170,8 @@ class MiniLM(nn.Module):
         """Train only the top `n_trainable_top` layers; embeddings and lower layers get no gradient."""
         n = self.config.n_layers
         if not 0 <= n_trainable_top <= n:
-            raise ValueError(f"n_trainable_top: {n_trainable_top} is not within [0, {n}]")
+            raise ValueError(f"trainable_layers (--trainable-layers): {n_trainable_top} is not within [0, {n}] "
+                             f"(the text encoder has {n} layers)")
         self.embeddings.requires_grad_(False)
         for i, layer in enumerate(self.layers):
             layer.requires_grad_(i >= n - n_trainable_top)

@@ -75,7 +75,7 @@ def cmd_experiment(a: argparse.Namespace) -> int:
         epochs=a.epochs, batch_size=a.batch_size, device=a.device, skip_bad_rows=a.skip_bad_rows,
         images_root=a.images_root, columns=a.columns, index_key=a.index_key, text_weights=a.text_weights,
         image_weights=a.image_weights, image_cache=a.image_cache, dim=a.dim, progress=not a.no_progress,
-        **learning_options(a),
+        trainable_layers=a.trainable_layers, **learning_options(a),
     )
     results = run_experiment(base, a.out, a.objectives.split(","), [int(s) for s in a.seeds.split(",")])
     print(markdown_table(results))

@@ -102,6 +102,9 @@ def add_build_args(p: argparse.ArgumentParser, artifacts: bool = True) -> None:
     p.add_argument("--image-weights", default="", help="EfficientNet-Lite0 state dict (default: bundled)")
     p.add_argument("--image-cache", type=Path, help="image feature cache (default: DIR/cache/images)")
     p.add_argument("--dim", type=int, default=256, help="embedding dimension")
+    p.add_argument("--trainable-layers", type=int, default=1, metavar="N",
+                   help="top MiniLM layers fine-tuned (1-6; the rest run once per text, cached): more is "
+                   "better on Home Depot and slower per step (docs/RESULTS.md, docs/PERFORMANCE.md)")
     p.add_argument("--min-recall-at-100", type=float, help="publish gate on recall@100 (needs --judgments)")
     p.add_argument("--min-ann-recall", type=float, help="publish gate on ANN recall at the served k")
     p.add_argument("--no-publish", action="store_true", help="write the version but leave DIR/current alone")
@@ -158,5 +161,5 @@ def build_options_from(a: argparse.Namespace, **extra: Any) -> Any:
         text_weights=a.text_weights, image_weights=a.image_weights, image_cache=a.image_cache, dim=a.dim,
         min_recall_at_100=a.min_recall_at_100, min_ann_recall=a.min_ann_recall, progress=not a.no_progress,
         keep_versions=a.keep_versions, memory_budget_gb=a.memory_budget_gb, target_ann_recall=a.target_ann_recall,
-        served_k=a.served_k, **learning_options(a), **extra,
+        served_k=a.served_k, trainable_layers=a.trainable_layers, **learning_options(a), **extra,
     )
