@@ -136,12 +136,14 @@ def make_data(n: int, n_photos: int, seed: int = 0, texts: bool = False):
     return build_training_set(listings, feats, np.ones(len(feats), bool), views, pairs, max_other_images=6)
 
 
-def make_trainer(objective: str, data, tokenizer, seed: int = 0) -> Trainer:
+def make_trainer(objective: str, data, tokenizer, seed: int = 0, **train) -> Trainer:
+    """A trainer of the tiny model on `data`; `train`: TrainConfig fields over the tiny defaults."""
     torch.manual_seed(seed)
     cfg = ModelConfig(text=TextConfig(trainable_layers=1), tower=TowerConfig(dim=16, image_hidden=32, max_other_images=6))
     model = TwoTower(cfg, TINY_BERT)
     model.init_projections(seed)
-    tcfg = TrainConfig(objective=objective, batch_size=16, epochs=2, seed=seed, n_prototypes=4, sinkhorn_iters=10, amp=False)
+    tcfg = TrainConfig(**{"objective": objective, "batch_size": 16, "epochs": 2, "seed": seed, "n_prototypes": 4,
+                          "sinkhorn_iters": 10, "amp": False, **train})
     trunk = build_trunk(model, tokenizer, data, torch.device("cpu"), False)
     return Trainer(model, data, trunk, tcfg, torch.device("cpu"))
 

@@ -126,8 +126,14 @@ def step_train(p: dict[str, Path], spec: str) -> dict[str, Any]:
 
     # the validation slice scores every epoch (early stopping, when the spec sets patience)
     val = p["split"] / "val_judgments.jsonl" if run.train.get("patience") else None
+    negatives = None
+    if run.inputs.get("negatives"):
+        from bench.realdata.split import write_negatives
+
+        negatives, _ = write_negatives(p["judgments"], p["split"])
     return build_run(run, catalog=p["catalog"], artifacts=p["artifacts"],
-                     interactions=p["split"] / "train_interactions.jsonl", validation=val, min_relevant=MIN_RELEVANT)
+                     interactions=p["split"] / "train_interactions.jsonl", validation=val, min_relevant=MIN_RELEVANT,
+                     negatives=negatives)
 
 
 def step_eval(p: dict[str, Path], spec: str) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Training runs of the real-data tables: a short spec per run, built through the ordinary pipeline.
 
 A spec is `objective[:key=value,...]`, e.g. `ft`, `ft:epochs=2`, `clip:epochs=1,lr=1e-3`. Keys:
-epochs, batch_size, trainable_layers, dim, seed (BuildOptions) and any TrainConfig field (lr,
-lr_encoder, cross_view_weight, transport_weight, ...: BuildOptions.train_overrides). The run's
+epochs, batch_size, trainable_layers, dim, seed (BuildOptions), any TrainConfig field (lr,
+lr_encoder, cross_view_weight, transport_weight, ...: BuildOptions.train_overrides), and
+negatives=1 (the bench's judged negatives file: `--negatives`, where the bench has one). The run's
 name is derived from the spec, so a finished run is found again by name and skipped.
 """
 
@@ -22,6 +23,8 @@ BUILD_KEYS = {"epochs": int, "batch_size": int, "trainable_layers": int, "dim": 
 # Training settings without a BuildOptions field of their own go through train_overrides.
 TRAIN_KEYS = frozenset(f.name for f in dataclasses.fields(TrainConfig)) - {"objective", "epochs", "batch_size",
                                                                            "seed", "device"}
+# Input files a bench supplies, switched on by `key=1` in the spec (the path is the bench's).
+INPUT_KEYS = frozenset({"negatives"})
 CLI_FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "dim": "--dim", "seed": "--seed",
              "trainable_layers": "--trainable-layers"}
 
@@ -31,10 +34,11 @@ class RunSpec:
     objective: str
     build: dict[str, Any] = field(default_factory=dict)  # BuildOptions fields
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides
+    inputs: dict[str, int] = field(default_factory=dict)  # INPUT_KEYS switched on (1) or off (0)
 
     @property
     def name(self) -> str:
-        parts = [self.objective] + [f"{k}={v}" for k, v in sorted({**self.build, **self.train}.items())]
+        parts = [self.objective] + [f"{k}={v}" for k, v in sorted({**self.build, **self.train, **self.inputs}.items())]
         return "_".join(parts).replace("=", "").replace(".", "p").replace("-", "m")
 
 
@@ -42,24 +46,31 @@ def parse_spec(spec: str, defaults: dict[str, Any] | None = None) -> RunSpec:
     objective, _, rest = spec.partition(":")
     build: dict[str, Any] = dict(defaults or {})
     train: dict[str, Any] = {}
+    inputs: dict[str, int] = {}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
-        if key in BUILD_KEYS:
+        if key in INPUT_KEYS:
+            inputs[key] = int(value)
+        elif key in BUILD_KEYS:
             build[key] = BUILD_KEYS[key](value)
         elif key in TRAIN_KEYS:
             train[key] = type(getattr(TrainConfig(), key))(value)
         else:
             raise SystemExit(f"run spec {spec!r}: unknown key {key!r} (build: {sorted(BUILD_KEYS)}; "
-                             f"train: {sorted(TRAIN_KEYS)})")
-    return RunSpec(objective, build, train)
+                             f"train: {sorted(TRAIN_KEYS)}; inputs: {sorted(INPUT_KEYS)})")
+    return RunSpec(objective, build, train, inputs)
 
 
 def build_run(spec: RunSpec, *, catalog: Path, artifacts: Path, interactions: Path | None,
               image_cache: Path | None = None, validation: Path | None = None,
-              min_relevant: float | None = None) -> dict[str, Any]:
+              min_relevant: float | None = None, negatives: Path | None = None) -> dict[str, Any]:
     """Build (unpublished, exact Flat index) version `spec.name` unless it exists; -> a summary.
     `validation`: judgments scored after every epoch (early stopping when the spec sets patience),
-    relevant at `min_relevant`."""
+    relevant at `min_relevant`. `negatives`: the bench's judged negatives, used when the spec has
+    negatives=1 (a spec that asks for them where the bench has none is refused)."""
+    if spec.inputs.get("negatives") and negatives is None:
+        raise SystemExit(f"run {spec.name}: negatives=1, but this bench has no judged negatives file")
+    negatives = negatives if spec.inputs.get("negatives") else None
     from index.store.artifacts import ArtifactStore
     from service.build.pipeline import build_index, build_options
 
@@ -74,6 +85,8 @@ def build_run(spec: RunSpec, *, catalog: Path, artifacts: Path, interactions: Pa
         argv += ["--validation-judgments", validation]
     if min_relevant is not None:
         argv += ["--min-relevant", min_relevant]
+    if negatives is not None:
+        argv += ["--negatives", negatives]
     for key, flag in (("patience", "--patience"), ("hard_negatives", "--hard-negatives")):
         if spec.train.get(key):
             argv += [flag, spec.train[key]]
@@ -90,7 +103,7 @@ def build_run(spec: RunSpec, *, catalog: Path, artifacts: Path, interactions: Pa
             catalog=catalog, artifacts=artifacts, interactions=interactions, objective=spec.objective,
             index_key="Flat", device="cpu", publish=False, version=spec.name, progress=False,
             image_cache=image_cache, train_overrides=dict(spec.train), validation_judgments=validation,
-            min_relevant=min_relevant, **spec.build,
+            min_relevant=min_relevant, negatives=negatives, **spec.build,
         ))
         gc.collect()
     manifest = store.manifest(spec.name)

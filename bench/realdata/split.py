@@ -8,7 +8,9 @@ normalise(q) = lowercase, whitespace collapsed. u(q) = int(sha1(normalise(q))[:8
 Two spellings of one query ("Angle Bracket", "angle  bracket") land on the same side.
 
 Training pairs: the train queries' judgments with relevance >= 2, weight = relevance - 1 (so an
-exact match, 3, weighs twice a 2). Evaluation: relevant = relevance >= 2 (`min_relevant=2`).
+exact match, 3, weighs twice a 2). Judged negatives (`--negatives`, runs with negatives=1): the
+train queries' judgments below 2, listings Home Depot's own search showed for the query and raters
+found wrong. Evaluation: relevant = relevance >= 2 (`min_relevant=2`).
 """
 
 from __future__ import annotations
@@ -48,6 +50,22 @@ class SplitFiles:
     val_judgments: Path
     test_judgments: Path
     summary: Path
+
+
+def write_negatives(judgments: Path, out: Path, min_relevant: float = MIN_RELEVANT) -> tuple[Path, int]:
+    """out/train_negatives.jsonl: {query, item_id} of the train queries' judgments below
+    `min_relevant` (never a validation or test query) -> (the file, its rows)."""
+    out.mkdir(parents=True, exist_ok=True)
+    path, n = out / "train_negatives.jsonl", 0
+    with open(judgments) as src, open(path, "w") as dst:
+        for line in src:
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if side(row["query"]) == "train" and float(row["relevance"]) < min_relevant:
+                dst.write(json.dumps({"query": row["query"], "item_id": row["item_id"]}) + "\n")
+                n += 1
+    return path, n
 
 
 def write_split(judgments: Path, out: Path, min_relevant: float = MIN_RELEVANT) -> dict[str, Any]:

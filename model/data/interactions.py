@@ -1,6 +1,7 @@
 """Training signal (`interactions.jsonl` or the service's events log) and evaluation labels (`judgments.jsonl`).
 
 interactions: {"query": str, "item_id": str, "weight"?: number > 0}
+negatives:    {"query": str, "item_id": str}      (listings judged wrong for the query: `load_negatives`)
 events:       {"query": str, "item_id": str, "action": click|add_to_cart|purchase, "request_id": str,
                "session_id"?: str, "ts"?: str}      (what POST /events writes; docs/DATA.md)
 judgments:    {"query": str, "item_id": str, "relevance": number, "title_answerable"?: bool}
@@ -126,6 +127,27 @@ def load_interactions(
     rows = itertools.chain(head, rows)
     if head and _is_events(head[0][1]):
         return load_events(p, rows, known_ids, skip_bad_rows=skip_bad_rows, rules=rules)
+    return _pairs(p, rows, known_ids, skip_bad_rows=skip_bad_rows, weighted=True)
+
+
+def load_negatives(
+    path: str | Path, known_ids: set[str] | None = None, *, skip_bad_rows: bool = False,
+) -> tuple[list[Interaction], SignalReport]:
+    """Judged negatives: {"query", "item_id"} rows, a listing shown for the query and judged wrong
+    (a low relevance grade, a result shoppers skipped). Each joins its query's softmax as a hard
+    negative in training (model/train/trainer.py). Same row rules as interactions; a `weight` is
+    ignored, and an events log is refused (it records what shoppers chose, not what they rejected)."""
+    p = Path(path)
+    rows = _rows(p)
+    head = list(itertools.islice(rows, 1))
+    if head and _is_events(head[0][1]):
+        raise CatalogError(str(p), head[0][0], "action", "an events log records what shoppers chose; negatives are "
+                           "{query, item_id} rows of listings judged wrong for the query")
+    return _pairs(p, itertools.chain(head, rows), known_ids, skip_bad_rows=skip_bad_rows, weighted=False)
+
+
+def _pairs(p: Path, rows: Iterable[tuple[int, dict[str, Any] | CatalogError]], known_ids: set[str] | None, *,
+           skip_bad_rows: bool, weighted: bool) -> tuple[list[Interaction], SignalReport]:
     report = SignalReport(str(p))
     out: list[Interaction] = []
     for line, row in rows:
@@ -134,7 +156,7 @@ def load_interactions(
             if isinstance(row, CatalogError):
                 raise row
             query, item = _text(row, "query", p, line), _text(row, "item_id", p, line)
-            weight = _number(row, "weight", p, line, 1.0)
+            weight = _number(row, "weight", p, line, 1.0) if weighted else 1.0
             if weight <= 0:
                 raise CatalogError(str(p), line, "weight", f"must be > 0, got {weight}")
         except CatalogError as err:

@@ -49,6 +49,10 @@ class TextTable:
             self.kinds.append(kind)
         return row
 
+    def find(self, text: str, kind: int) -> int | None:
+        """The row of a text already added, or None."""
+        return self._index.get((text, kind))
+
     def __len__(self) -> int:
         return len(self.texts)
 

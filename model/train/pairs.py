@@ -8,7 +8,7 @@ tags and description), so a catalog without any log still trains cross-view alig
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -53,6 +53,11 @@ class TrainingSet:
     pair_item: np.ndarray  # (P,) int64 listing index
     pair_weight: np.ndarray  # (P,) float32
     self_supervised: bool
+    # Judged negatives (`--negatives`): query text row -> listing indices shown for it and judged
+    # wrong. Only queries that have training pairs are kept (a negative without a positive to
+    # contrast it with teaches nothing), and never a listing the query is paired with.
+    negatives: dict[int, list[int]] = field(default_factory=dict)
+    negatives_report: dict[str, int] = field(default_factory=dict)
 
     @property
     def texts(self) -> TextTable:
@@ -80,12 +85,14 @@ def build_training_set(
     views: ViewTable | None = None,
     interactions: Sequence[Interaction] | None = None,
     *,
+    negatives: Sequence[Interaction] | None = None,
     max_other_images: int = 4,
     pseudo_per_item: int = 4,
     seed: int = 0,
 ) -> TrainingSet:
     """Pairs from interactions (when any match the catalog) or pseudo-queries; `views` may be
-    passed when the image features were computed for its `image_paths`."""
+    passed when the image features were computed for its `image_paths`. `negatives`: judged
+    negatives of the interaction queries (TrainingSet.negatives)."""
     texts = views.texts if views is not None else TextTable()
     views = views if views is not None else build_view_table(listings, texts)
     if len(image_features) != len(views.image_paths):
@@ -108,6 +115,7 @@ def build_training_set(
                 weights.append(1.0)
     if not items:
         raise ValueError("no training pairs: the catalog has no listing text to learn from")
+    judged, judged_report = _judged_negatives(negatives or (), index, texts, q_rows, items, self_supervised)
     return TrainingSet(
         views=views,
         slots=build_slots(views, image_ok, max_other_images),
@@ -116,4 +124,36 @@ def build_training_set(
         pair_item=np.asarray(items, dtype=np.int64),
         pair_weight=np.asarray(weights, dtype=np.float32),
         self_supervised=self_supervised,
+        negatives=judged,
+        negatives_report=judged_report,
     )
+
+
+def _judged_negatives(negatives: Sequence[Interaction], index: dict[str, int], texts: TextTable,
+                      q_rows: list[int], items: list[int], self_supervised: bool,
+                      ) -> tuple[dict[int, list[int]], dict[str, int]]:
+    """-> (query text row -> judged-wrong listing indices, counts for the build report)."""
+    report = {"rows": len(negatives), "used": 0, "queries": 0, "unknown_items": 0, "query_not_trained": 0,
+              "is_positive": 0}
+    if not negatives:
+        return {}, report
+    trained = set(q_rows) if not self_supervised else set()
+    positives: dict[int, set[int]] = {}
+    for q, i in zip(q_rows, items, strict=True):
+        positives.setdefault(q, set()).add(i)
+    out: dict[int, list[int]] = {}
+    for neg in negatives:
+        i = index.get(neg.item_id)
+        q = texts.find(neg.query.lower(), KIND_QUERY)
+        if i is None:
+            report["unknown_items"] += 1
+        elif q is None or q not in trained:
+            report["query_not_trained"] += 1
+        elif i in positives[q]:
+            report["is_positive"] += 1
+        elif i not in out.setdefault(q, []):
+            out[q].append(i)
+            report["used"] += 1
+    out = {q: v for q, v in out.items() if v}
+    report["queries"] = len(out)
+    return out, report

@@ -32,6 +32,9 @@ from model.train.validation import EarlyStopping, ValidationSet, exact_top, vali
 # Token-length buckets of the training step's text batches (the last one catches everything).
 log = logging.getLogger("model.train.trainer")
 LENGTH_BUCKETS = (16, 32, 64, 1 << 30)
+# Negatives join each rank's own softmax; under torchrun the gathered batch would not carry them.
+NEGATIVES_UNDER_TORCHRUN = ("--negatives: not supported under torchrun yet (a rank's negatives would not join the "
+                            "gathered batch); train in one process or leave --negatives out")
 
 
 def cpu_has_bf16() -> bool:
@@ -95,6 +98,8 @@ class Trainer:
         if cfg.hard_negatives and self.dist.enabled:
             raise ValueError("hard_negatives: not supported under torchrun yet (each rank would mine its own); "
                              "train in one process or leave --hard-negatives at 0")
+        if data.negatives and self.dist.enabled:
+            raise ValueError(NEGATIVES_UNDER_TORCHRUN)
         self.objective: Objective = make_objective(cfg.objective, model.cfg.tower.dim, cfg).to(device)
         self.model.to(device)
         self.model.encoder.freeze_bottom(model.cfg.text.trainable_layers)
@@ -135,6 +140,44 @@ class Trainer:
         self.title_rows = data.slots.rows[:, data.slots.types.index(TITLE)]  # (n,)
         self.positive_titles = [{int(self.title_rows[i]) for i in pos if self.title_rows[i] >= 0}
                                 for pos in self.positives]
+        self.judged = self.judged_per_query()  # (Q,) judged-negative listing rows of each query
+
+    def judged_per_query(self) -> list[np.ndarray]:
+        """data.negatives by training query, without a listing that repeats a positive's title
+        (a duplicate judged wrong beside one judged right is a rater's disagreement, not a signal)."""
+        q_of_row = {int(r): q for q, r in enumerate(self.query_rows)}
+        out = [np.empty(0, dtype=np.int64) for _ in self.query_rows]
+        for row, listings in self.data.negatives.items():
+            q = q_of_row.get(int(row))
+            if q is not None:
+                out[q] = np.array([i for i in listings if i not in self.positives[q]
+                                   and int(self.title_rows[i]) not in self.positive_titles[q]], dtype=np.int64)
+        return out
+
+    def draw_judged(self) -> np.ndarray | None:
+        """(P, 1) this epoch's judged negative of each pair, drawn uniformly among its query's;
+        -1 where the query has none. None when no query has any."""
+        lens = np.array([len(j) for j in self.judged], dtype=np.int64)  # (Q,)
+        if not lens.sum():
+            return None
+        flat = np.concatenate(self.judged)  # (sum lens,)
+        start = np.cumsum(lens) - lens  # (Q,)
+        n = lens[self.pair_q]  # (P,)
+        pick = (self.np_rng.random(len(n)) * np.maximum(n, 1)).astype(np.int64)  # (P,) in [0, n)
+        at = np.minimum(start[self.pair_q] + pick, len(flat) - 1)
+        return np.where(n > 0, flat[at], -1)[:, None]
+
+    def epoch_negatives(self, item_vecs: np.ndarray | None) -> dict[str, float]:
+        """Set this epoch's negatives of every pair: one judged negative (when the query has any)
+        and cfg.hard_negatives mined ones, as columns of `pair_negatives`."""
+        info = self.mine_negatives(item_vecs) if self.cfg.hard_negatives else {}
+        mined = self.pair_negatives if self.cfg.hard_negatives else None
+        judged = self.draw_judged()
+        if judged is not None:
+            info["judged_negatives"] = float((judged >= 0).sum())
+        cols = [c for c in (judged, mined) if c is not None]
+        self.pair_negatives = np.concatenate(cols, axis=1) if cols else None
+        return info
 
     def param_groups(self) -> list[dict[str, Any]]:
         enc = [p for p in self.model.encoder.parameters() if p.requires_grad]
@@ -323,7 +366,8 @@ class Trainer:
         """Train up to cfg.epochs. With `validation` (its queries' text rows `validation_rows` in
         the trunk cache) every epoch is scored on it; with cfg.patience > 0 training stops when the
         validation nDCG@10 has not improved for `patience` epochs, and the best epoch's weights are
-        loaded back. With cfg.hard_negatives each epoch starts by mining them (model/train/negatives.py)."""
+        loaded back. With cfg.hard_negatives each epoch starts by mining them (model/train/negatives.py),
+        and with judged negatives (data.negatives) by drawing one per pair."""
         if self.cfg.patience and validation is None:
             raise ValueError("patience: early stopping needs validation queries (held-out interactions or "
                              "--validation-judgments)")
@@ -335,7 +379,7 @@ class Trainer:
         start, n_items = time.perf_counter(), 0
         item_vecs: np.ndarray | None = None  # the catalog as the last validation embedded it
         while self.epoch < self.cfg.epochs:
-            mined = self.mine_negatives(item_vecs) if self.cfg.hard_negatives else {}
+            mined = self.epoch_negatives(item_vecs)
             order, sums = self.epoch_order(), {}
             for k in range(self.steps_per_epoch):
                 idx = order[k * self.cfg.batch_size:(k + 1) * self.cfg.batch_size]

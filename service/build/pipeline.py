@@ -39,7 +39,7 @@ from index.tune import tune_and_check
 from model.checkpoint import new_model, save_model
 from model.config import VIEW_TYPES, ImageConfig, ModelConfig, TextConfig, TowerConfig, TrainConfig
 from model.data.catalog import Catalog, Listing, load_catalog
-from model.data.interactions import Interaction, Judgments, load_interactions, load_judgments
+from model.data.interactions import Interaction, Judgments, load_interactions, load_judgments, load_negatives
 from model.data.views import KIND_QUERY, ViewTable, build_view_table, encoder_cuts, tags_text
 from model.devices import resolve_device
 from model.embed import embed_listings, embed_queries, view_clouds
@@ -56,7 +56,7 @@ from model.objectives import make_objective
 from model.towers import TwoTower
 from model.train.distributed import DistContext
 from model.train.pairs import TrainingSet, build_training_set, pseudo_queries
-from model.train.trainer import Trainer, build_trunk, seed_everything
+from model.train.trainer import NEGATIVES_UNDER_TORCHRUN, Trainer, build_trunk, seed_everything
 from model.train.trunk import TrunkCache
 from model.train.validation import MIN_VALIDATION_QUERIES, ValidationSet, holdout_queries, normalise
 from model.view_fusion import view_weights
@@ -132,6 +132,8 @@ class BuildOptions:
     # a judgments file, or else this share of the interaction queries held out by query hash.
     validation_judgments: Path | None = None
     validation_fraction: float | None = None  # None: DEFAULT_VALIDATION_FRACTION when validation is on
+    # Judged negatives (query, item_id): listings shown for a training query and judged wrong.
+    negatives: Path | None = None
 
     def __post_init__(self) -> None:
         if self.validation_fraction is not None and not 0.0 < self.validation_fraction < 1.0:
@@ -159,6 +161,7 @@ class Inputs:
     judgments: Judgments | None
     reports: dict[str, Any]
     validation: ValidationSet | None = None  # held-out queries scored each epoch (never trained on)
+    negatives: list[Any] = field(default_factory=list)  # judged negatives (Interaction rows)
 
 
 # ---------------------------------------------------------------------------------- stages
@@ -177,6 +180,13 @@ def load_inputs(opts: BuildOptions, validation: bool = True) -> Inputs:
     if opts.interactions is not None:
         interactions, rep = load_interactions(opts.interactions, ids, skip_bad_rows=opts.skip_bad_rows)
         reports["interactions"] = rep.to_dict()
+    negatives: list[Any] = []
+    if opts.negatives is not None:
+        if opts.interactions is None:
+            raise ValueError(f"--negatives {opts.negatives}: needs --interactions (a judged negative is contrasted "
+                             "with its query's interactions)")
+        negatives, rep = load_negatives(opts.negatives, ids, skip_bad_rows=opts.skip_bad_rows)
+        reports["negatives"] = rep.to_dict()
     vs = None
     if validation:
         interactions, vs = validation_inputs(opts, ids, interactions, reports)
@@ -192,7 +202,7 @@ def load_inputs(opts: BuildOptions, validation: bool = True) -> Inputs:
             judgments, rep["in_validation"] = exclude_training_queries(
                 judgments, [Interaction(q, "") for q in vs.queries])
         reports["judgments"] = rep
-    return Inputs(catalog, build_view_table(catalog.listings), interactions, judgments, reports, vs)
+    return Inputs(catalog, build_view_table(catalog.listings), interactions, judgments, reports, vs, negatives)
 
 
 def wants_validation(opts: BuildOptions) -> bool:
@@ -277,6 +287,8 @@ def train_stage(inputs: Inputs, features: np.ndarray, ok: np.ndarray, opts: Buil
     if tcfg.hard_negatives and dist.enabled:  # before any rank spends minutes on the trunk cache
         raise ValueError("hard_negatives: not supported under torchrun yet (each rank would mine its own); "
                          "train in one process or leave --hard-negatives at 0")
+    if inputs.negatives and dist.enabled:
+        raise ValueError(NEGATIVES_UNDER_TORCHRUN)
     seed_everything(tcfg.seed)
     index_views = make_objective(tcfg.objective, opts.dim, tcfg).index_views
     cfg = model_config(opts, index_views)
@@ -284,7 +296,8 @@ def train_stage(inputs: Inputs, features: np.ndarray, ok: np.ndarray, opts: Buil
     model = new_model(cfg, pretrained, tcfg.seed)
     data = build_training_set(inputs.catalog.listings, features, ok, inputs.views, inputs.interactions,
                               max_other_images=cfg.tower.max_other_images,
-                              pseudo_per_item=tcfg.pseudo_queries_per_item, seed=tcfg.seed)
+                              pseudo_per_item=tcfg.pseudo_queries_per_item, seed=tcfg.seed,
+                              negatives=inputs.negatives)
     vs = inputs.validation
     # validation queries join the text table so the trunk cache covers them (scored every epoch)
     val_rows = None if vs is None else np.array([data.texts.add(q.lower(), KIND_QUERY) for q in vs.queries])
@@ -301,6 +314,7 @@ def train_stage(inputs: Inputs, features: np.ndarray, ok: np.ndarray, opts: Buil
         "pairs": int(len(data.pair_item)),
         "world_size": dist.world,
         "self_supervised": data.self_supervised,
+        "negatives": data.negatives_report or None,
         "history": history.to_dict(),
         "trunk_seconds": trunk_s,
         "train_seconds": train_s,
@@ -608,7 +622,7 @@ def build_index(opts: BuildOptions) -> BuildResult:
 
 
 PATH_OPTIONS = ("catalog", "artifacts", "interactions", "judgments", "images_root", "image_cache",
-                "validation_judgments")
+                "validation_judgments", "negatives")
 
 
 def build_options(**kwargs: Any) -> BuildOptions:

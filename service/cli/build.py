@@ -39,12 +39,14 @@ def cmd_build_index(a: argparse.Namespace) -> int:
         print(f"build-index: {e}", file=sys.stderr)
         return 3
     m = result.manifest
-    inputs = json.loads((result.path / "report.json").read_text()).get("inputs", {})
+    report = json.loads((result.path / "report.json").read_text())
+    inputs = report.get("inputs", {})
     rows = inputs.get("catalog", {})
     # per field: listings whose stored text was cut, and listings the encoder sees only the head of
     catalog = {k: rows.get(k) for k in ("rows", "loaded", "rejected", "dropped_images", "truncated")}
     catalog["encoder_truncated"] = inputs.get("encoder_truncated", {})
-    for line in describe_build(inputs):  # for a person: what was rejected, dropped and cut, and why
+    lines = describe_build(inputs) + describe_negatives(inputs.get("negatives"), report.get("training", {}).get("negatives"))
+    for line in lines:  # for a person: what was rejected, dropped and cut, and why
         print(line, file=sys.stderr)
     print(json.dumps({"version": result.version, "published": result.published, "path": str(result.path),
                       "n_items": m["n_items"], "index_key": m["index_key"], "catalog": catalog,
@@ -63,6 +65,17 @@ def describe_build(inputs: dict[str, Any]) -> list[str]:
             lines.append(f"encoder: {view}: {info['truncated']:,} of {info.get('listings', 0):,} listings longer than "
                          f"the {info.get('budget_tokens')}-token budget (the encoder sees their head)")
     return lines
+
+
+def describe_negatives(file: dict[str, Any] | None, used: dict[str, Any] | None) -> list[str]:
+    """--negatives as one console line: what the file held and what training could use."""
+    if not file:
+        return []
+    used = used or {}
+    return [f"negatives: {used.get('used', 0):,} of {file.get('rows', 0):,} rows train, for {used.get('queries', 0):,} "
+            f"queries ({file.get('unknown_items', 0):,} name no listing of the catalog, "
+            f"{used.get('query_not_trained', 0):,} a query without interactions, {used.get('is_positive', 0):,} a "
+            f"listing the query also interacted with; {file.get('rejected', 0):,} rows rejected)"]
 
 
 def cmd_experiment(a: argparse.Namespace) -> int:

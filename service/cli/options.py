@@ -119,7 +119,8 @@ def add_build_args(p: argparse.ArgumentParser, artifacts: bool = True) -> None:
 
 
 def add_learning_args(p: argparse.ArgumentParser) -> None:
-    """Early stopping and mined hard negatives (model/train/validation.py, model/train/negatives.py)."""
+    """Early stopping, mined and judged hard negatives (model/train/validation.py, model/train/negatives.py,
+    model/train/trainer.py)."""
     p.add_argument("--patience", type=int, default=0,
                    help="stop when validation nDCG@10 has not improved for N epochs and keep the best epoch "
                    "(--epochs is then the most it trains; 0: off)")
@@ -135,13 +136,16 @@ def add_learning_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hard-negatives", type=int, default=0,
                    help="per pair, listings mined before each epoch from the current model's ranking "
                    "(never the query's own positives; 0: in-batch negatives only)")
+    p.add_argument("--negatives", type=Path,
+                   help="negatives.jsonl (query, item_id): listings judged wrong for a training query; one "
+                   "joins each of its pairs' softmax every epoch (docs/DATA.md)")
 
 
 def learning_options(a: argparse.Namespace) -> dict[str, Any]:
     """The build_options keywords of add_learning_args."""
     overrides = {k: v for k, v in (("patience", a.patience), ("hard_negatives", a.hard_negatives)) if v}
     return {"train_overrides": overrides, "validation_judgments": a.validation_judgments,
-            "validation_fraction": a.validation_fraction, "min_relevant": a.min_relevant}
+            "validation_fraction": a.validation_fraction, "min_relevant": a.min_relevant, "negatives": a.negatives}
 
 
 def add_index_choice_args(p: argparse.ArgumentParser) -> None:

@@ -15,7 +15,7 @@ import pytest
 from bench.realdata.lexical import Bm25, tokenize  # noqa: E402
 from bench.realdata.runs import parse_spec  # noqa: E402
 from bench.realdata.scoring import rank_recalls, score_sets, self_ranks  # noqa: E402
-from bench.realdata.split import normalise, side, write_split  # noqa: E402
+from bench.realdata.split import normalise, side, write_negatives, write_split  # noqa: E402
 
 # ---------------------------------------------------------------------------------- split
 
@@ -54,6 +54,11 @@ def test_write_split(tmp_path: Path) -> None:
     assert len(test) + len(val) + summary["rows"]["train"] == len(rows)
     assert summary["training_pairs"]["train"] == len(pairs)
     assert summary["training_pairs"]["trainval"] == len(pairs) + 2 * len(val) // 3
+    # judged negatives: the train queries' rows below 2, nothing of a validation or test query
+    path, n = write_negatives(src, out)
+    negs = [json.loads(x) for x in path.read_text().splitlines()]
+    assert n == len(negs) == len(pairs) // 2 and {r["item_id"][0] for r in negs} == {"B"}
+    assert all(side(r["query"]) == "train" for r in negs) and set(negs[0]) == {"query", "item_id"}
 
 
 # ---------------------------------------------------------------------------------- BM25
@@ -129,6 +134,9 @@ def test_run_specs() -> None:
     assert parse_spec("clip").name == "clip"
     with pytest.raises(SystemExit, match="unknown key"):
         parse_spec("ft:colour=red")
+    judged = parse_spec("ft:negatives=1,trainable_layers=3")
+    assert judged.inputs == {"negatives": 1} and judged.build == {"trainable_layers": 3}
+    assert judged.name == "ft_negatives1_trainable_layers3"
 
 
 # ---------------------------------------------------------------------------------- a built version
