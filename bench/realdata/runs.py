@@ -50,7 +50,10 @@ def parse_spec(spec: str, defaults: dict[str, Any] | None = None) -> RunSpec:
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
         if key in INPUT_KEYS:
-            inputs[key] = int(value)
+            if value not in ("0", "1"):
+                raise SystemExit(f"run spec {spec!r}: {key} takes 0 or 1, got {value!r}")
+            if value == "1":  # 0 is the default: the same run, the same name
+                inputs[key] = 1
         elif key in BUILD_KEYS:
             build[key] = BUILD_KEYS[key](value)
         elif key in TRAIN_KEYS:

@@ -55,7 +55,8 @@ class TrainingSet:
     self_supervised: bool
     # Judged negatives (`--negatives`): query text row -> listing indices shown for it and judged
     # wrong. Only queries that have training pairs are kept (a negative without a positive to
-    # contrast it with teaches nothing), and never a listing the query is paired with.
+    # contrast it with teaches nothing), never a listing the query is paired with nor one with a
+    # positive's exact title; `negatives_report` counts each row's fate ({} without negatives).
     negatives: dict[int, list[int]] = field(default_factory=dict)
     negatives_report: dict[str, int] = field(default_factory=dict)
 
@@ -115,7 +116,7 @@ def build_training_set(
                 weights.append(1.0)
     if not items:
         raise ValueError("no training pairs: the catalog has no listing text to learn from")
-    judged, judged_report = _judged_negatives(negatives or (), index, texts, q_rows, items, self_supervised)
+    judged, judged_report = _judged_negatives(negatives or (), index, views, q_rows, items, self_supervised)
     return TrainingSet(
         views=views,
         slots=build_slots(views, image_ok, max_other_images),
@@ -129,31 +130,37 @@ def build_training_set(
     )
 
 
-def _judged_negatives(negatives: Sequence[Interaction], index: dict[str, int], texts: TextTable,
+def _judged_negatives(negatives: Sequence[Interaction], index: dict[str, int], views: ViewTable,
                       q_rows: list[int], items: list[int], self_supervised: bool,
                       ) -> tuple[dict[int, list[int]], dict[str, int]]:
-    """-> (query text row -> judged-wrong listing indices, counts for the build report)."""
-    report = {"rows": len(negatives), "used": 0, "queries": 0, "unknown_items": 0, "query_not_trained": 0,
-              "is_positive": 0}
+    """-> (query text row -> judged-wrong listing indices, counts for the build report: every row
+    is `used` or counted under the one reason it was not)."""
     if not negatives:
-        return {}, report
-    trained = set(q_rows) if not self_supervised else set()
+        return {}, {}
+    report = {"rows": len(negatives), "used": 0, "queries": 0, "unknown_items": 0, "query_not_trained": 0,
+              "is_positive": 0, "same_title": 0, "duplicate": 0}
     positives: dict[int, set[int]] = {}
     for q, i in zip(q_rows, items, strict=True):
         positives.setdefault(q, set()).add(i)
-    out: dict[int, list[int]] = {}
+    titles = views.text_rows[:, 0]  # (n,) title text row (identical titles share one)
+    out: dict[int, dict[int, None]] = {}  # insertion-ordered sets
     for neg in negatives:
         i = index.get(neg.item_id)
-        q = texts.find(neg.query.lower(), KIND_QUERY)
+        q = views.texts.find(neg.query.lower(), KIND_QUERY)
         if i is None:
             report["unknown_items"] += 1
-        elif q is None or q not in trained:
+        elif self_supervised or q is None or q not in positives:
             report["query_not_trained"] += 1
         elif i in positives[q]:
             report["is_positive"] += 1
-        elif i not in out.setdefault(q, []):
-            out[q].append(i)
+        elif titles[i] >= 0 and any(titles[i] == titles[p] for p in positives[q]):
+            # a duplicate listing judged wrong beside one judged right: raters disagree, no signal
+            report["same_title"] += 1
+        elif i in out.setdefault(q, {}):
+            report["duplicate"] += 1
+        else:
+            out[q][i] = None
             report["used"] += 1
-    out = {q: v for q, v in out.items() if v}
-    report["queries"] = len(out)
-    return out, report
+    judged = {q: list(v) for q, v in out.items() if v}
+    report["queries"] = len(judged)
+    return judged, report

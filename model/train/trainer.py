@@ -143,15 +143,12 @@ class Trainer:
         self.judged = self.judged_per_query()  # (Q,) judged-negative listing rows of each query
 
     def judged_per_query(self) -> list[np.ndarray]:
-        """data.negatives by training query, without a listing that repeats a positive's title
-        (a duplicate judged wrong beside one judged right is a rater's disagreement, not a signal)."""
+        """data.negatives (already filtered: model/train/pairs.py) by training query index."""
         q_of_row = {int(r): q for q, r in enumerate(self.query_rows)}
         out = [np.empty(0, dtype=np.int64) for _ in self.query_rows]
         for row, listings in self.data.negatives.items():
-            q = q_of_row.get(int(row))
-            if q is not None:
-                out[q] = np.array([i for i in listings if i not in self.positives[q]
-                                   and int(self.title_rows[i]) not in self.positive_titles[q]], dtype=np.int64)
+            if int(row) in q_of_row:
+                out[q_of_row[int(row)]] = np.asarray(listings, dtype=np.int64)
         return out
 
     def draw_judged(self) -> np.ndarray | None:

@@ -42,6 +42,7 @@ from model.encoders.weights import backbone_digest, resolve_weights_dir, text_we
 from model.towers import TwoTower
 from model.train.distributed import DistContext, device_for, dist_backend
 from model.train.pairs import build_slots
+from model.train.trainer import NEGATIVES_UNDER_TORCHRUN
 from model.view_fusion import view_weights
 from service.build.pipeline import (
     BuildOptions,
@@ -123,6 +124,8 @@ def train_run(opts: BuildOptions, run: str | None = None, dist: DistContext | No
     gloo) with the same seed and one shared run name; rank 0 alone writes the run, the others wait
     at a barrier, then every rank returns the finished run."""
     dist = dist or DistContext()
+    if dist.enabled and opts.negatives is not None:  # before any rank spends minutes on the photos
+        raise ValueError(NEGATIVES_UNDER_TORCHRUN)
     run = dist.broadcast(run or new_version_name())  # a timestamp name could differ per rank
     if not VERSION_RE.match(run):
         raise StageError(f"run: {run!r} is not a valid run name")
@@ -271,7 +274,8 @@ def index_run(artifacts: Path, run: str, **overrides: Any) -> BuildResult:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     vectors, ids, metas = merge_shards(r)
-    inputs = load_inputs(opts, validation=False)
+    # the negatives trained already (train.json reports them); indexing never reads them again
+    inputs = load_inputs(replace(opts, negatives=None), validation=False)
     if inputs.catalog.report.sha256 != r.info["catalog"]["sha256"]:
         raise StageError(f"{opts.catalog}: changed since the run was trained (sha256 differs)")
     if ids != [lst.id for lst in inputs.catalog.listings]:

@@ -73,9 +73,11 @@ def describe_negatives(file: dict[str, Any] | None, used: dict[str, Any] | None)
         return []
     used = used or {}
     return [f"negatives: {used.get('used', 0):,} of {file.get('rows', 0):,} rows train, for {used.get('queries', 0):,} "
-            f"queries ({file.get('unknown_items', 0):,} name no listing of the catalog, "
-            f"{used.get('query_not_trained', 0):,} a query without interactions, {used.get('is_positive', 0):,} a "
-            f"listing the query also interacted with; {file.get('rejected', 0):,} rows rejected)"]
+            f"queries (not used: {file.get('unknown_items', 0):,} name no listing of the catalog, "
+            f"{used.get('query_not_trained', 0):,} a query not trained on (no interactions, or held out for "
+            f"validation), {used.get('is_positive', 0):,} a listing the query interacted with, "
+            f"{used.get('same_title', 0):,} one with the exact title of such a listing, {used.get('duplicate', 0):,} "
+            f"repeats; {file.get('rejected', 0):,} rows rejected)"]
 
 
 def cmd_experiment(a: argparse.Namespace) -> int:

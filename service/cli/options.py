@@ -137,8 +137,8 @@ def add_learning_args(p: argparse.ArgumentParser) -> None:
                    help="per pair, listings mined before each epoch from the current model's ranking "
                    "(never the query's own positives; 0: in-batch negatives only)")
     p.add_argument("--negatives", type=Path,
-                   help="negatives.jsonl (query, item_id): listings judged wrong for a training query; one "
-                   "joins each of its pairs' softmax every epoch (docs/DATA.md)")
+                   help="negatives.jsonl (query, item_id): listings judged wrong for a training query; each "
+                   "epoch one per pair joins the batch's softmax, like a mined negative (docs/DATA.md)")
 
 
 def learning_options(a: argparse.Namespace) -> dict[str, Any]:

@@ -137,6 +137,9 @@ def test_run_specs() -> None:
     judged = parse_spec("ft:negatives=1,trainable_layers=3")
     assert judged.inputs == {"negatives": 1} and judged.build == {"trainable_layers": 3}
     assert judged.name == "ft_negatives1_trainable_layers3"
+    assert parse_spec("ft:negatives=0").name == "ft"
+    with pytest.raises(SystemExit, match="negatives takes 0 or 1"):
+        parse_spec("ft:negatives=yes")
 
 
 # ---------------------------------------------------------------------------------- a built version

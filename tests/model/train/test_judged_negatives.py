@@ -62,11 +62,15 @@ def test_negatives_map_onto_training_queries_only() -> None:
     lamp, desk = data.texts.find("blue lamp", KIND_QUERY), data.texts.find("oak desk", KIND_QUERY)
     assert data.negatives == {lamp: [5], desk: [6, 7]}
     assert data.negatives_report == {"rows": 7, "used": 3, "queries": 2, "unknown_items": 1,
-                                     "query_not_trained": 1, "is_positive": 1}
+                                     "query_not_trained": 1, "is_positive": 1, "same_title": 0, "duplicate": 1}
+    assert sum(v for k, v in data.negatives_report.items() if k not in ("rows", "queries")) == 7  # every row's fate
     assert data.texts.find("never searched", KIND_QUERY) is None  # no text row (nor trunk cost) for it
     pseudo = build_training_set(listings, np.zeros((0, 1280), np.float32), np.zeros(0, bool), None, [],
                                 negatives=negatives)
     assert pseudo.self_supervised and pseudo.negatives == {}
+    assert pseudo.negatives_report["query_not_trained"] == 7 - 1  # (the unknown listing counted as such)
+    none = build_training_set(listings, np.zeros((0, 1280), np.float32), np.zeros(0, bool), None, pairs)
+    assert none.negatives == {} and none.negatives_report == {}  # no --negatives: nothing in the report
 
 
 def _with_negatives(base, negatives: dict[int, list[int]]):
@@ -94,13 +98,12 @@ def test_each_epoch_draws_one_judged_negative_per_pair_uniformly(tokenizer) -> N
     assert set(seen[1]) == {20}
 
 
-def test_a_judged_negative_with_a_positives_title_is_dropped(tokenizer) -> None:
-    base = make_data(20, 0, seed=6)
-    rows = base.slots.rows.copy()
-    rows[9, 0] = rows[0, 0]  # listing 9 repeats listing 0's title; listing 0 is pair 0's positive
-    base = dataclasses.replace(base, slots=dataclasses.replace(base.slots, rows=rows))
-    tr = make_trainer("ft", _with_negatives(base, {0: [9, 4]}), tokenizer)
-    assert tr.judged[int(tr.pair_q[0])].tolist() == [4]
+def test_a_judged_negative_with_a_positives_title_is_dropped_and_counted() -> None:
+    listings = [Listing(id="A", title="oak desk"), Listing(id="B", title="oak desk"), Listing(id="C", title="oak chair")]
+    data = build_training_set(listings, np.zeros((0, 1280), np.float32), np.zeros(0, bool), None,
+                              [Interaction("desk", "A")], negatives=[Interaction("desk", "B"), Interaction("desk", "C")])
+    assert data.negatives == {data.texts.find("desk", KIND_QUERY): [2]}
+    assert data.negatives_report["same_title"] == 1 and data.negatives_report["used"] == 1
 
 
 def test_judged_and_mined_negatives_are_columns_of_one_table(tokenizer) -> None:

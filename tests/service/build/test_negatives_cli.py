@@ -23,13 +23,14 @@ def _negatives(tiny_sample: Path, out: Path) -> tuple[Path, int]:
     """For each of the first 20 interaction queries, a listing it never interacted with; plus one
     row naming a listing the catalog lacks and one for a query nobody searched."""
     rows = [json.loads(x) for x in (tiny_sample / "interactions.jsonl").read_text().splitlines()]
-    ids = [json.loads(x)["id"] for x in (tiny_sample / "catalog.jsonl").read_text().splitlines()]
+    title = {r["id"]: r["title"] for r in map(json.loads, (tiny_sample / "catalog.jsonl").read_text().splitlines())}
+    ids = list(title)
     by_query: dict[str, set[str]] = {}
     for r in rows:
         by_query.setdefault(r["query"], set()).add(r["item_id"])
     negs = []
-    for q, clicked in list(by_query.items())[:20]:
-        negs.append({"query": q, "item_id": next(i for i in ids if i not in clicked)})
+    for q, clicked in list(by_query.items())[:20]:  # (a listing titled like a clicked one would not train)
+        negs.append({"query": q, "item_id": next(i for i in ids if title[i] not in {title[c] for c in clicked})})
     negs += [{"query": rows[0]["query"], "item_id": "no-such-listing"}, {"query": "nobody searched this", "item_id": ids[0]}]
     out.write_text("".join(json.dumps(r) + "\n" for r in negs))
     return out, 20
@@ -49,7 +50,9 @@ def test_negatives_train_and_are_reported(tiny_sample: Path, tiny_build, tmp_pat
     assert report["inputs"]["negatives"]["unknown_items"] == 1
     epoch = report["training"]["history"]["epochs"][0]
     assert epoch["judged_negatives"] > 0  # pairs of those queries drew one this epoch
-    assert f"negatives: {n} of {n + 2} rows train, for {n} queries (1 name no listing" in err, err
+    assert f"negatives: {n} of {n + 2} rows train, for {n} queries (not used: 1 name no listing of the catalog, " \
+           "1 a query not trained on" in err, err
+    assert json.loads((tiny_build.path / "report.json").read_text())["training"]["negatives"] is None  # none given
 
 
 def test_negatives_without_interactions_are_refused(tiny_sample: Path, tmp_path: Path, capsys) -> None:
@@ -70,3 +73,15 @@ def test_a_bad_negatives_row_names_file_line_and_field(tiny_sample: Path, tmp_pa
     assert main(argv) == 2
     assert f"{path}:2: query: is missing" in capsys.readouterr().err
     assert not (tmp_path / "a" / "versions").exists() or not any((tmp_path / "a" / "versions").iterdir())
+
+
+def test_negatives_are_refused_under_torchrun_before_any_work(tiny_sample: Path, tmp_path: Path) -> None:
+    from model.train.distributed import DistContext
+    from service.build.pipeline import build_options
+    from service.build.stages import train_run
+
+    opts = build_options(catalog=tiny_sample / "catalog.jsonl", artifacts=tmp_path / "a",
+                         interactions=tiny_sample / "interactions.jsonl", negatives=tmp_path / "missing.jsonl")
+    with pytest.raises(ValueError, match="--negatives: not supported under torchrun yet"):
+        train_run(opts, run="r", dist=DistContext(rank=0, world=2))  # no process group: it never got that far
+    assert not (tmp_path / "a").exists()
