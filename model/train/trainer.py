@@ -140,29 +140,22 @@ class Trainer:
         self.title_rows = data.slots.rows[:, data.slots.types.index(TITLE)]  # (n,)
         self.positive_titles = [{int(self.title_rows[i]) for i in pos if self.title_rows[i] >= 0}
                                 for pos in self.positives]
-        self.judged = self.judged_per_query()  # (Q,) judged-negative listing rows of each query
-
-    def judged_per_query(self) -> list[np.ndarray]:
-        """data.negatives (already filtered: model/train/pairs.py) by training query index."""
-        q_of_row = {int(r): q for q, r in enumerate(self.query_rows)}
-        out = [np.empty(0, dtype=np.int64) for _ in self.query_rows]
-        for row, listings in self.data.negatives.items():
-            if int(row) in q_of_row:
-                out[q_of_row[int(row)]] = np.asarray(listings, dtype=np.int64)
-        return out
+        # data.negatives (filtered already: model/train/pairs.py) laid out once by training query:
+        # query q's judged negatives are judged_flat[judged_start[q]:judged_start[q] + judged_len[q]]
+        per_q = [data.negatives.get(int(r), []) for r in self.query_rows]
+        self.judged_len = np.array([len(v) for v in per_q], dtype=np.int64)  # (Q,)
+        self.judged_start = np.cumsum(self.judged_len) - self.judged_len  # (Q,)
+        self.judged_flat = np.array([i for v in per_q for i in v], dtype=np.int64)  # (sum len,)
 
     def draw_judged(self) -> np.ndarray | None:
         """(P, 1) this epoch's judged negative of each pair, drawn uniformly among its query's;
         -1 where the query has none. None when no query has any."""
-        lens = np.array([len(j) for j in self.judged], dtype=np.int64)  # (Q,)
-        if not lens.sum():
+        if not len(self.judged_flat):
             return None
-        flat = np.concatenate(self.judged)  # (sum lens,)
-        start = np.cumsum(lens) - lens  # (Q,)
-        n = lens[self.pair_q]  # (P,)
+        n = self.judged_len[self.pair_q]  # (P,)
         pick = (self.np_rng.random(len(n)) * np.maximum(n, 1)).astype(np.int64)  # (P,) in [0, n)
-        at = np.minimum(start[self.pair_q] + pick, len(flat) - 1)
-        return np.where(n > 0, flat[at], -1)[:, None]
+        at = np.minimum(self.judged_start[self.pair_q] + pick, len(self.judged_flat) - 1)
+        return np.where(n > 0, self.judged_flat[at], -1)[:, None]
 
     def epoch_negatives(self, item_vecs: np.ndarray | None) -> dict[str, float]:
         """Set this epoch's negatives of every pair: one judged negative (when the query has any)

@@ -56,7 +56,7 @@ from model.objectives import make_objective
 from model.towers import TwoTower
 from model.train.distributed import DistContext
 from model.train.pairs import TrainingSet, build_training_set, pseudo_queries
-from model.train.trainer import NEGATIVES_UNDER_TORCHRUN, Trainer, build_trunk, seed_everything
+from model.train.trainer import Trainer, build_trunk, seed_everything
 from model.train.trunk import TrunkCache
 from model.train.validation import MIN_VALIDATION_QUERIES, ValidationSet, holdout_queries, normalise
 from model.view_fusion import view_weights
@@ -287,8 +287,6 @@ def train_stage(inputs: Inputs, features: np.ndarray, ok: np.ndarray, opts: Buil
     if tcfg.hard_negatives and dist.enabled:  # before any rank spends minutes on the trunk cache
         raise ValueError("hard_negatives: not supported under torchrun yet (each rank would mine its own); "
                          "train in one process or leave --hard-negatives at 0")
-    if inputs.negatives and dist.enabled:
-        raise ValueError(NEGATIVES_UNDER_TORCHRUN)
     seed_everything(tcfg.seed)
     index_views = make_objective(tcfg.objective, opts.dim, tcfg).index_views
     cfg = model_config(opts, index_views)
