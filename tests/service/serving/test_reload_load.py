@@ -1,5 +1,6 @@
 """Hot reload under concurrent load. Several client threads search without pause while the app
-reloads to a deliberately SLOW version (load_version sleeps first) and then to a FAILING one:
+reloads to a deliberately SLOW version (load_version first waits while the clients are served
+SLOW_REQUESTS more requests) and then to a FAILING one:
 no request fails, every response names a valid version (the old one before the swap, the new one
 after it, never back). Latency during a reload is not asserted here (a timing ratio);
 docs/PERFORMANCE.md "Reload" quotes a measured run."""
@@ -26,7 +27,9 @@ CLIENTS = 4
 # Each client pauses between requests (a storefront is not a closed loop at saturation): the
 # reload's CPU work then competes with serving the way it does on a replica with headroom.
 THINK_S = 0.01
-SLOW_S = 2.0  # the slow version's extra load time: many requests fall inside the reload window
+# Requests the clients are served while the slow (failing) version loads: the windows hold enough
+# requests by construction, on a fast machine or a slow one (a fixed sleep held 88 on a slow run).
+SLOW_REQUESTS, FAILING_REQUESTS = 60, 50
 
 
 @dataclass
@@ -92,11 +95,11 @@ def test_reload_under_load_slow_then_failing(two_versions, monkeypatch) -> None:
     windows: list[tuple[float, float]] = []  # (reload asked, reload answered)
 
     def slow(settings, version=None):
-        time.sleep(SLOW_S)
+        load.wait_for(load.count() + SLOW_REQUESTS)
         return real_load(settings, version)
 
     def failing(settings, version=None):
-        time.sleep(SLOW_S / 2)
+        load.wait_for(load.count() + FAILING_REQUESTS)
         raise ArtifactError(f"{version}: deliberately broken")
 
     # torch encoder: the reload mechanism is under test, not the int8 backend's load-time export
